@@ -1,0 +1,233 @@
+//! Adapter layers and their math, as PEFT 0.21 computes them (`tuners/{lora,ia3,adalora}/layer.py`).
+//!
+//! All tensors are f32 on the CPU; inputs are 2-D `(tokens, features)`.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+
+/// DoRA's per-output-row factor `m / ‖W + s·B·A‖₂`, computed once at load (PEFT detaches it).
+#[derive(Debug, Clone)]
+pub struct Dora {
+    /// (out,) `lora_magnitude_vector`.
+    pub magnitude: Tensor,
+    /// (1, out) m / n.
+    pub mag_norm_scale: Tensor,
+}
+
+/// LoRA on a Linear: `y += s · B(A x) (+ s · b_B)`, or its DoRA variant.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// (r, in)
+    pub a: Tensor,
+    /// (out, r)
+    pub b: Tensor,
+    /// (out,) with `lora_bias`.
+    pub b_bias: Option<Tensor>,
+    pub r: usize,
+    pub alpha: f64,
+    pub scale: f64,
+    pub dora: Option<Dora>,
+}
+
+/// LoRA on an Embedding: `y += s · Aᵀ[ids] · Bᵀ`.
+#[derive(Debug, Clone)]
+pub struct LoraEmbedding {
+    /// (r, num_embeddings)
+    pub a: Tensor,
+    /// (dim, r)
+    pub b: Tensor,
+    pub r: usize,
+    pub alpha: f64,
+    pub scale: f64,
+}
+
+/// IA3: scales the output (`(Wx + b) ⊙ l`) or, for feed-forward modules, the input (`W(x ⊙ l) + b`).
+#[derive(Debug, Clone)]
+pub struct Ia3 {
+    /// (features,) flattened `ia3_l`.
+    pub l: Tensor,
+    pub feedforward: bool,
+}
+
+/// AdaLoRA (SVD form): `y += (x (A ⊙ E)ᵀ Bᵀ) · scaling / (ranknum + 1e-5)`.
+#[derive(Debug, Clone)]
+pub struct AdaLora {
+    /// (r, in)
+    pub a: Tensor,
+    /// (r, 1)
+    pub e: Tensor,
+    /// (out, r)
+    pub b: Tensor,
+    pub r: usize,
+    pub scaling: f64,
+    pub ranknum: f64,
+}
+
+/// What one adapter puts on one module.
+#[derive(Debug, Clone)]
+pub enum ModuleAdapter {
+    Lora(LoraLinear),
+    LoraEmbedding(LoraEmbedding),
+    Ia3(Ia3),
+    AdaLora(AdaLora),
+}
+
+impl ModuleAdapter {
+    /// A short name for reports.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ModuleAdapter::Lora(l) if l.dora.is_some() => "dora",
+            ModuleAdapter::Lora(_) => "lora",
+            ModuleAdapter::LoraEmbedding(_) => "lora-embedding",
+            ModuleAdapter::Ia3(i) if i.feedforward => "ia3 (scales input)",
+            ModuleAdapter::Ia3(_) => "ia3 (scales output)",
+            ModuleAdapter::AdaLora(_) => "adalora",
+        }
+    }
+}
+
+impl Dora {
+    /// `‖W + s·(B A)‖₂` per output row, on the base weight (out, in).
+    pub fn new(weight: &Tensor, a: &Tensor, b: &Tensor, scale: f64, magnitude: Tensor) -> Result<Self> {
+        let lora_w = (b.matmul(a)? * scale)?;
+        let norm = (weight + lora_w)?.sqr()?.sum(D::Minus1)?.sqrt()?;
+        let mag_norm_scale = magnitude.div(&norm)?.unsqueeze(0)?;
+        Ok(Dora {
+            magnitude,
+            mag_norm_scale,
+        })
+    }
+}
+
+/// `x Wᵀ (+ b)` for x (n, in), W (out, in).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&weight.t()?)?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Runs a Linear module with the given active adapter layers, in order, as PEFT's layer
+/// `forward` does: IA3 scales first (input or output), then each LoRA/AdaLoRA term is added
+/// to the running result (DoRA uses the running result without the bias).
+pub fn linear_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    active: &[&ModuleAdapter],
+) -> Result<Tensor> {
+    if active.is_empty() {
+        return linear(x, weight, bias);
+    }
+    let mut in_scale: Option<Tensor> = None;
+    let mut out_scale: Option<Tensor> = None;
+    for a in active {
+        if let ModuleAdapter::Ia3(i) = a {
+            let slot = if i.feedforward {
+                &mut in_scale
+            } else {
+                &mut out_scale
+            };
+            *slot = Some(match slot.take() {
+                Some(s) => (s * &i.l)?,
+                None => i.l.clone(),
+            });
+        }
+    }
+    let mut result = match &in_scale {
+        Some(s) => linear(&x.broadcast_mul(s)?, weight, bias)?,
+        None => linear(x, weight, bias)?,
+    };
+    if let Some(s) = &out_scale {
+        result = result.broadcast_mul(s)?;
+    }
+    for a in active {
+        match a {
+            ModuleAdapter::Lora(l) => {
+                let lora = x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+                let lora = match &l.b_bias {
+                    Some(bb) => lora.broadcast_add(bb)?,
+                    None => lora,
+                };
+                result = match &l.dora {
+                    None => (result + (lora * l.scale)?)?,
+                    Some(d) => {
+                        let base = match bias {
+                            Some(b) => result.broadcast_sub(b)?,
+                            None => result.clone(),
+                        };
+                        let m = &d.mag_norm_scale;
+                        let term = (base.broadcast_mul(&(m - 1.0)?)?
+                            + (lora * l.scale)?.broadcast_mul(m)?)?;
+                        (result + term)?
+                    }
+                };
+            }
+            ModuleAdapter::AdaLora(ad) => {
+                let ae = ad.a.broadcast_mul(&ad.e)?;
+                let term = x.matmul(&ae.t()?)?.matmul(&ad.b.t()?)?;
+                result = (result + (term * (ad.scaling / (ad.ranknum + 1e-5)))?)?;
+            }
+            ModuleAdapter::Ia3(_) | ModuleAdapter::LoraEmbedding(_) => {}
+        }
+    }
+    Ok(result)
+}
+
+/// Runs an Embedding with the given active LoRA embedding layers: `E[ids] + Σ s·Aᵀ[ids]·Bᵀ`.
+pub fn embedding_forward(ids: &Tensor, table: &Tensor, active: &[&ModuleAdapter]) -> Result<Tensor> {
+    let ids = ids.to_dtype(DType::U32)?;
+    let mut result = table.index_select(&ids, 0)?;
+    for a in active {
+        if let ModuleAdapter::LoraEmbedding(e) = a {
+            let after_a = e.a.t()?.contiguous()?.index_select(&ids, 0)?; // (n, r)
+            result = (result + (after_a.matmul(&e.b.t()?)? * e.scale)?)?;
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn lora_adds_scaled_delta_and_two_adapters_sum() {
+        let x = t(&[1.0, 2.0], (1, 2));
+        let w = t(&[1.0, 0.0, 0.0, 1.0], (2, 2));
+        let l = ModuleAdapter::Lora(LoraLinear {
+            a: t(&[1.0, 1.0], (1, 2)),
+            b: t(&[1.0, -1.0], (2, 1)),
+            b_bias: None,
+            r: 1,
+            alpha: 2.0,
+            scale: 2.0,
+            dora: None,
+        });
+        let y = linear_forward(&x, &w, None, &[&l]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, vec![vec![1.0 + 6.0, 2.0 - 6.0]]);
+        let y2 = linear_forward(&x, &w, None, &[&l, &l]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y2, vec![vec![1.0 + 12.0, 2.0 - 12.0]]);
+    }
+
+    #[test]
+    fn dora_with_unit_magnitude_over_norm_is_plain_lora() {
+        let w = t(&[3.0, 4.0, 0.0, 2.0], (2, 2));
+        let a = t(&[0.0, 0.0], (1, 2));
+        let b = t(&[0.0, 0.0], (2, 1));
+        // with a zero LoRA, n = row norms of W = [5, 2]; m = n gives the identity
+        let m = Tensor::new(&[5.0f32, 2.0], &Device::Cpu).unwrap();
+        let d = Dora::new(&w, &a, &b, 1.0, m).unwrap();
+        let l = ModuleAdapter::Lora(LoraLinear { a, b, b_bias: None, r: 1, alpha: 1.0, scale: 1.0, dora: Some(d) });
+        let x = t(&[1.0, 1.0], (1, 2));
+        let y = linear_forward(&x, &w, None, &[&l]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, vec![vec![7.0, 2.0]]);
+    }
+}
