@@ -1,1 +1,47 @@
+//! Shared helpers for graft's cross-crate tests: fixture paths and a tolerance check that
+//! explains failures.
 
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+/// `tests/fixtures` of this repository.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Checks |got − ref| ≤ tol·max(1, |ref|) elementwise; on failure says how many, where, and
+/// the worst pair.
+pub fn assert_close(label: &str, got: &Tensor, reference: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), reference.dims(), "{label}: shapes differ");
+    let g = got.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("got as f32");
+    let r = reference.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("ref as f32");
+    let mut bad = 0usize;
+    let mut worst = (0usize, 0f32);
+    for (i, (a, b)) in g.iter().zip(&r).enumerate() {
+        let d = (a - b).abs();
+        let lim = tol * b.abs().max(1.0);
+        if d > lim || !d.is_finite() {
+            bad += 1;
+        }
+        if d > worst.1 || !d.is_finite() {
+            worst = (i, d);
+        }
+    }
+    assert!(
+        bad == 0,
+        "{label}: {bad} of {} values off by more than {tol}·max(1,|ref|); worst at {}: got {} ref {} (|diff| {})",
+        g.len(),
+        worst.0,
+        g[worst.0],
+        r[worst.0],
+        worst.1
+    );
+}
+
+/// Max |a − b|.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
+    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

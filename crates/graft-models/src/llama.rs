@@ -1,0 +1,146 @@
+//! The Llama family (Llama 2/3, SmolLM2, TinyLlama, Mistral-style grouped-query attention),
+//! as transformers' `LlamaForCausalLM` computes it.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::base::{attention, Ctx, ModuleTable, Norm};
+use crate::error::Result;
+use crate::hf_config::{LlamaConfig, RopeScaling};
+use crate::weights::WeightStore;
+
+struct Layer {
+    input_norm: Norm,
+    q: usize,
+    k: usize,
+    v: usize,
+    o: usize,
+    post_norm: Norm,
+    gate: usize,
+    up: usize,
+    down: usize,
+}
+
+/// A Llama-family decoder. Module ids point into the shared [`ModuleTable`].
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    embed: usize,
+    layers: Vec<Layer>,
+    norm: Norm,
+    head: usize,
+    tied: bool,
+    inv_freq: Vec<f32>,
+}
+
+impl Llama {
+    pub fn build(cfg: LlamaConfig, w: &WeightStore, t: &mut ModuleTable) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let embed = t.embedding(w, "model.embed_tokens", cfg.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ab = cfg.attention_bias;
+            let input_norm = t.norm(w, &format!("{p}.input_layernorm"), h, false, cfg.rms_norm_eps, true)?;
+            let q = t.linear(w, &format!("{p}.self_attn.q_proj"), h, cfg.num_attention_heads * hd, ab)?;
+            let k = t.linear(w, &format!("{p}.self_attn.k_proj"), h, cfg.num_key_value_heads * hd, ab)?;
+            let v = t.linear(w, &format!("{p}.self_attn.v_proj"), h, cfg.num_key_value_heads * hd, ab)?;
+            let o = t.linear(w, &format!("{p}.self_attn.o_proj"), cfg.num_attention_heads * hd, h, ab)?;
+            let post_norm = t.norm(w, &format!("{p}.post_attention_layernorm"), h, false, cfg.rms_norm_eps, true)?;
+            let mb = cfg.mlp_bias;
+            let gate = t.linear(w, &format!("{p}.mlp.gate_proj"), h, cfg.intermediate_size, mb)?;
+            let up = t.linear(w, &format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, mb)?;
+            let down = t.linear(w, &format!("{p}.mlp.down_proj"), cfg.intermediate_size, h, mb)?;
+            layers.push(Layer { input_norm, q, k, v, o, post_norm, gate, up, down });
+        }
+        let norm = t.norm(w, "model.norm", h, false, cfg.rms_norm_eps, true)?;
+        // A tied checkpoint has no lm_head.weight; an untied one must have it.
+        let tied = cfg.tie_word_embeddings;
+        let head = t.head(w, "lm_head", h, cfg.vocab_size, tied.then_some(embed))?;
+        let inv_freq = rope_inv_freq(&cfg);
+        Ok(Llama { cfg, embed, layers, norm, head, tied, inv_freq })
+    }
+
+    /// Rotary embeddings in Hugging Face's rotate-half layout, for positions p0..p0+n.
+    fn rope(&self, x: &Tensor, p0: usize) -> Result<Tensor> {
+        let (_, n, d) = x.dims3()?;
+        let half = d / 2;
+        let mut cos = Vec::with_capacity(n * d);
+        let mut sin = Vec::with_capacity(n * d);
+        for p in p0..p0 + n {
+            for rep in 0..2 {
+                let _ = rep;
+                for f in &self.inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (1, n, d), &Device::Cpu)?;
+        let sin = Tensor::from_vec(sin, (1, n, d), &Device::Cpu)?;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+    }
+
+    /// One forward pass over `ids` (n,) appended to `cache`; returns logits (n, vocab).
+    pub fn forward(&self, ctx: &Ctx, ids: &Tensor, cache: &mut crate::KvCache) -> Result<Tensor> {
+        let c = &self.cfg;
+        let n = ids.dims1()?;
+        let p0 = cache.len;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let mut x = ctx.embedding(self.embed, ids)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = ctx.norm(l.input_norm, &x)?;
+            let q = ctx.linear(l.q, &h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
+            let k = ctx.linear(l.k, &h)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let v = ctx.linear(l.v, &h)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let q = self.rope(&q, p0)?;
+            let k = self.rope(&k, p0)?;
+            let (k, v) = cache.append(li, k, v)?;
+            let a = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), c.sliding_window)?;
+            x = (x + ctx.linear(l.o, &a)?)?;
+            let h = ctx.norm(l.post_norm, &x)?;
+            let g = ctx.linear(l.gate, &h)?.silu()?;
+            let u = ctx.linear(l.up, &h)?;
+            x = (x + ctx.linear(l.down, &(g * u)?)?)?;
+        }
+        cache.len += n;
+        let x = ctx.norm(self.norm, &x)?;
+        if self.tied {
+            ctx.tied_head(self.head, self.embed, &x)
+        } else {
+            ctx.linear(self.head, &x)
+        }
+    }
+}
+
+fn rope_inv_freq(c: &LlamaConfig) -> Vec<f32> {
+    let d = c.head_dim;
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f64 / d as f64))
+        .collect();
+    let scaled: Vec<f64> = match c.rope_scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear(f) => base.iter().map(|x| x / f).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let low_wl = original_max_position_embeddings / low_freq_factor;
+            let high_wl = original_max_position_embeddings / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wl = 2.0 * std::f64::consts::PI / f;
+                    if wl > low_wl {
+                        f / factor
+                    } else if wl < high_wl {
+                        f
+                    } else {
+                        let s = (original_max_position_embeddings / wl - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - s) * f / factor + s * f
+                    }
+                })
+                .collect()
+        }
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}

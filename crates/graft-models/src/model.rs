@@ -1,0 +1,338 @@
+//! A base model with adapters: the seed's calls (`load_adapter`, `add_adapter`, `set_adapter`,
+//! `enable_adapters`, `disable_adapters`, `active_adapters`, `get_adapter_state_dict`,
+//! `delete_adapter`, `save_pretrained`), forward passes and generation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use graft_core::config::AdapterConfig;
+use graft_core::files::{is_adapter_dir, read_adapter_config, read_adapter_dir};
+use graft_core::inject::{build_adapter, InjectOptions, LoadReport};
+use graft_core::tensors::{read_file, LoadedTensor};
+use graft_core::AdapterRegistry;
+use serde_json::Value;
+
+use crate::base::{Ctx, ModuleTable};
+use crate::error::{Error, Result};
+use crate::hf_config::{LlamaConfig, OptConfig};
+use crate::llama::Llama;
+use crate::opt::Opt;
+use crate::weights::WeightStore;
+
+/// The architectures graft runs.
+pub enum Arch {
+    Llama(Llama),
+    Opt(Opt),
+}
+
+/// Keys and values of every layer so far, for generation.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Number of positions already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends (KV, n, D) keys/values for layer `i` and returns everything cached for it.
+    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= i {
+            self.layers.resize(i + 1, None);
+        }
+        let kv = match self.layers[i].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+            None => (k, v),
+        };
+        self.layers[i] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// Options of `load_adapter`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadAdapterOptions {
+    /// `adapter_name` (default `"default"`).
+    pub adapter_name: Option<String>,
+    /// `is_trainable`: recorded as `inference_mode: false` (training arrives with its own issue).
+    pub is_trainable: bool,
+    /// A subfolder of the adapter folder.
+    pub subfolder: Option<String>,
+    /// Accept a partial load with warnings instead of failing.
+    pub allow_partial: bool,
+}
+
+/// A base model and the adapters on it.
+pub struct Model {
+    arch: Arch,
+    table: ModuleTable,
+    registry: AdapterRegistry,
+    /// `name_or_path` as transformers records it (the folder the base came from).
+    pub name_or_path: String,
+    pub vocab_size: usize,
+    max_positions: usize,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = read_file(path, 16 << 20)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadModelConfig(format!("{}: {e}", path.display())))
+}
+
+impl Model {
+    /// Opens a Hugging Face model folder (`config.json` + safetensors).
+    pub fn open_base(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(Error::NoModelConfig { dir: dir.display().to_string() });
+        }
+        let cfg = read_json(&cfg_path)?;
+        let weights = WeightStore::open(dir)?;
+        Self::from_parts(&cfg, &weights, dir.display().to_string())
+    }
+
+    /// Builds a model from a parsed `config.json` and its weights.
+    pub fn from_parts(cfg: &Value, weights: &WeightStore, name_or_path: String) -> Result<Self> {
+        let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut table = ModuleTable::new(&model_type);
+        let (arch, vocab_size, max_positions) = match model_type.as_str() {
+            "llama" | "mistral" => {
+                let c = LlamaConfig::from_json(cfg)?;
+                let (v, m) = (c.vocab_size, c.max_position_embeddings);
+                (Arch::Llama(Llama::build(c, weights, &mut table)?), v, m)
+            }
+            "opt" => {
+                let c = OptConfig::from_json(cfg)?;
+                let (v, m) = (c.vocab_size, c.max_position_embeddings);
+                (Arch::Opt(Opt::build(c, weights, &mut table)?), v, m)
+            }
+            other => return Err(Error::UnsupportedArchitecture(other.to_string())),
+        };
+        let registry = AdapterRegistry::new(table.inventory.clone());
+        Ok(Model { arch, table, registry, name_or_path, vocab_size, max_positions })
+    }
+
+    /// `AutoModelForCausalLM.from_pretrained(path)`: a model folder, or an adapter folder whose
+    /// `base_model_name_or_path` names the base (then the adapter loads as `"default"`).
+    pub fn from_pretrained(path: &Path) -> Result<Self> {
+        if !is_adapter_dir(path) {
+            return Self::open_base(path);
+        }
+        let cfg = read_adapter_config(path)?;
+        let base = resolve_base_path(path, cfg.base_model_name_or_path.as_deref())?;
+        let mut model = Self::open_base(&base)?;
+        model.load_adapter(path, LoadAdapterOptions::default())?;
+        Ok(model)
+    }
+
+    pub fn registry(&self) -> &AdapterRegistry {
+        &self.registry
+    }
+
+    /// The module paths of the base (`named_modules()`), for messages and `inspect`.
+    pub fn module_paths(&self) -> Vec<String> {
+        self.table.inventory.modules.iter().map(|m| m.path.clone()).collect()
+    }
+
+    /// `load_adapter(path, adapter_name=…)`. Returns the load report.
+    pub fn load_adapter(&mut self, path: &Path, opts: LoadAdapterOptions) -> Result<LoadReport> {
+        let files = read_adapter_dir(path, opts.subfolder.as_deref())?;
+        self.load_adapter_from_state(files.config, files.tensors, opts)
+    }
+
+    /// `load_adapter(peft_config=…, adapter_state_dict=…)`: from memory.
+    pub fn load_adapter_from_state(
+        &mut self,
+        mut config: AdapterConfig,
+        state: BTreeMap<String, LoadedTensor>,
+        opts: LoadAdapterOptions,
+    ) -> Result<LoadReport> {
+        let name = opts.adapter_name.clone().unwrap_or_else(|| "default".into());
+        if self.registry.get(&name).is_some() {
+            return Err(graft_core::Error::AdapterExists(name).into());
+        }
+        config.set_field("inference_mode", Value::Bool(!opts.is_trainable));
+        let mut warnings = Vec::new();
+        if let Some(b) = &config.base_model_name_or_path {
+            if !same_base(b, &self.name_or_path) {
+                warnings.push(format!(
+                    "the adapter was trained on `{b}` but the base is `{}`; the shapes fit, so it is loaded (renamed, converted or re-quantized bases are common)",
+                    self.name_or_path
+                ));
+            }
+        }
+        let table = &self.table;
+        let base_weight = |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+        let inject = InjectOptions { allow_partial: opts.allow_partial };
+        let mut adapter = build_adapter(&name, config, state, &table.inventory, &base_weight, &inject)?;
+        adapter.report.warnings.extend(warnings);
+        let report = adapter.report.clone();
+        self.registry.insert(adapter, false)?;
+        Ok(report)
+    }
+
+    /// `add_adapter(config, adapter_name)`: a fresh adapter, initialised as PEFT does, and made
+    /// active (as transformers does).
+    pub fn add_adapter(&mut self, mut config: AdapterConfig, adapter_name: Option<&str>, seed: u64) -> Result<LoadReport> {
+        let name = adapter_name.unwrap_or("default").to_string();
+        if self.registry.get(&name).is_some() {
+            return Err(graft_core::Error::AdapterExists(name).into());
+        }
+        config.set_field("base_model_name_or_path", Value::String(self.name_or_path.clone()));
+        let table = &self.table;
+        let base_param = |i: usize, p: &str| -> graft_core::Result<Option<Tensor>> {
+            let bp = &table.params[i];
+            Ok(if p == "weight" { Some(bp.weight.clone()) } else { bp.bias.clone() })
+        };
+        let state = graft_core::init::fresh_state(&config, &table.inventory, &base_param, seed)?;
+        let base_weight = |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+        let adapter = build_adapter(&name, config, state, &table.inventory, &base_weight, &InjectOptions::default())?;
+        let report = adapter.report.clone();
+        self.registry.insert(adapter, true)?;
+        Ok(report)
+    }
+
+    pub fn set_adapter(&mut self, names: &[&str]) -> Result<()> {
+        Ok(self.registry.set_adapter(names)?)
+    }
+
+    pub fn enable_adapters(&mut self) -> Result<()> {
+        Ok(self.registry.enable_adapters()?)
+    }
+
+    pub fn disable_adapters(&mut self) -> Result<()> {
+        Ok(self.registry.disable_adapters()?)
+    }
+
+    pub fn active_adapters(&self) -> Result<Vec<String>> {
+        Ok(self.registry.active_adapters()?)
+    }
+
+    pub fn get_adapter_state_dict(&self, name: Option<&str>) -> Result<BTreeMap<String, LoadedTensor>> {
+        Ok(self.registry.state_dict(name)?)
+    }
+
+    pub fn delete_adapter(&mut self, names: &[&str]) -> Result<()> {
+        Ok(self.registry.delete_adapter(names)?)
+    }
+
+    /// `save_pretrained(dir)`: the adapters, as PEFT writes them.
+    pub fn save_pretrained(&self, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
+        Ok(self.registry.save_pretrained(dir, names, Some(&self.name_or_path))?)
+    }
+
+    fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<Tensor> {
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab: self.vocab_size });
+        }
+        if cache.len + tokens.len() > self.max_positions {
+            return Err(Error::TooLong { len: cache.len + tokens.len(), max: self.max_positions });
+        }
+        Ok(Tensor::from_vec(tokens.to_vec(), tokens.len(), &Device::Cpu)?)
+    }
+
+    /// One forward pass over `tokens` after what `cache` holds; logits (n, vocab).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(Error::BaseModel("no tokens to run".into()));
+        }
+        let ids = self.check_tokens(tokens, cache)?;
+        let ctx = Ctx { table: &self.table, reg: &self.registry };
+        match &self.arch {
+            Arch::Llama(m) => m.forward(&ctx, &ids, cache),
+            Arch::Opt(m) => m.forward(&ctx, &ids, cache),
+        }
+    }
+
+    /// Logits of one forward pass over `tokens` from an empty cache.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        self.forward(tokens, &mut KvCache::new())
+    }
+
+    /// Greedy generation: up to `max_new_tokens`, stopping at any of `eos`. `on_token` sees each
+    /// new token as it comes.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        eos: &[u32],
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        let mut cache = KvCache::new();
+        let mut out = Vec::new();
+        let mut logits = self.forward(prompt, &mut cache)?;
+        for _ in 0..max_new_tokens {
+            let n = logits.dim(0)?;
+            let last = logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let next = argmax(&last);
+            out.push(next);
+            on_token(next);
+            if eos.contains(&next) || cache.len + 1 > self.max_positions {
+                break;
+            }
+            logits = self.forward(&[next], &mut cache)?;
+        }
+        Ok(out)
+    }
+
+    /// EOS token ids from `generation_config.json` / `config.json` of a model folder.
+    pub fn eos_ids(dir: &Path) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for f in ["generation_config.json", "config.json"] {
+            if let Ok(v) = read_json(&dir.join(f)) {
+                match v.get("eos_token_id") {
+                    Some(Value::Number(n)) => ids.extend(n.as_u64().map(|x| x as u32)),
+                    Some(Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+                    _ => {}
+                }
+                if !ids.is_empty() {
+                    break;
+                }
+            }
+        }
+        ids
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn same_base(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (Path::new(a).canonicalize(), Path::new(b).canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => Path::new(a).file_name() == Path::new(b).file_name() && Path::new(a).file_name().is_some(),
+    }
+}
+
+/// Where the base of an adapter folder lives: `base_model_name_or_path` as a local path
+/// (absolute, relative to the working directory, or relative to the adapter folder).
+pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathBuf> {
+    let Some(base) = base else {
+        return Err(Error::BaseModel(format!(
+            "{}: adapter_config.json has no base_model_name_or_path (null); pass the base model explicitly with --model",
+            adapter_dir.display()
+        )));
+    };
+    let candidates = [PathBuf::from(base), adapter_dir.join(base)];
+    for c in &candidates {
+        if c.join("config.json").is_file() {
+            return Ok(c.clone());
+        }
+    }
+    Err(Error::BaseModel(format!(
+        "the adapter's base_model_name_or_path `{base}` is not a local model folder (Hub downloads arrive in a later release); pass the base with --model"
+    )))
+}

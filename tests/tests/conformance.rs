@@ -1,0 +1,102 @@
+//! graft's logits against the logits real PEFT 0.21.2 computed (tests/fixtures, made by
+//! tests/fixtures/gen_fixtures.py). Tolerance: |diff| ≤ 1e-4·max(1, |ref|).
+
+use std::path::Path;
+
+use graft_core::tensors::load_safetensors;
+use graft_models::{LoadAdapterOptions, Model};
+use graft_tests::{assert_close, fixtures};
+use serde_json::Value;
+
+const TOL: f32 = 1e-4;
+
+fn tokens(case: &Value) -> Vec<u32> {
+    case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+}
+
+fn run_case(name: &str) {
+    let dir = fixtures().join("cases").join(name);
+    let case: Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+    let base = fixtures().join("models").join(case["model"].as_str().unwrap());
+    let mut model = Model::open_base(&base).unwrap();
+    for a in case["adapters"].as_array().unwrap() {
+        let opts = LoadAdapterOptions {
+            adapter_name: Some(a["name"].as_str().unwrap().to_string()),
+            ..Default::default()
+        };
+        model
+            .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
+            .unwrap_or_else(|e| panic!("{name}: loading {}: {e}", a["name"]));
+    }
+    let refs = load_safetensors(&dir.join("logits.safetensors")).unwrap();
+    let toks = tokens(&case);
+    for run in case["runs"].as_array().unwrap() {
+        let run_name = run["name"].as_str().unwrap();
+        if run["disabled"].as_bool().unwrap() {
+            model.disable_adapters().unwrap();
+        } else {
+            model.enable_adapters().unwrap();
+            let active: Vec<&str> = run["active"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            model.set_adapter(&active).unwrap();
+        }
+        let got = model.logits(&toks).unwrap();
+        assert_close(&format!("{name}/{run_name}"), &got, &refs[run_name].tensor, TOL);
+    }
+}
+
+fn base_logits(model: &str) {
+    let dir = fixtures().join("models").join(model);
+    let m = Model::open_base(&dir).unwrap();
+    let case: Value = serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap()).unwrap();
+    let got = m.logits(&tokens(&case)).unwrap();
+    let r = load_safetensors(Path::new(&dir.join("base_logits.safetensors"))).unwrap();
+    assert_close(&format!("base {model}"), &got, &r["logits"].tensor, TOL);
+}
+
+#[test]
+fn base_llama() {
+    base_logits("llama");
+}
+#[test]
+fn base_llama_tied_sharded() {
+    base_logits("llama-tied");
+}
+#[test]
+fn base_opt_post_layer_norm_project_in_out() {
+    base_logits("opt");
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => { $( #[test] fn $name() { run_case(stringify!($name)); } )* };
+}
+
+cases!(
+    lora_qv,
+    all_linear_rslora_patterns,
+    regex_targets,
+    layers_to_transform,
+    dora,
+    ia3,
+    adalora,
+    adalora_pruned,
+    modules_to_save_lm_head,
+    lora_embedding,
+    bias_lora_only,
+    multi_adapter,
+    opt_lora,
+    tied_lora,
+    lora_bias_all,
+);
+
+#[test]
+fn every_fixture_case_is_tested() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let src = include_str!("conformance.rs");
+    for c in on_disk {
+        assert!(src.contains(&format!("    {c},")), "fixture case {c} has no test");
+    }
+}
