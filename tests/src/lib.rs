@@ -14,8 +14,14 @@ pub fn fixtures() -> PathBuf {
 /// the worst pair.
 pub fn assert_close(label: &str, got: &Tensor, reference: &Tensor, tol: f32) {
     assert_eq!(got.dims(), reference.dims(), "{label}: shapes differ");
-    let g = got.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("got as f32");
-    let r = reference.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("ref as f32");
+    let g = got
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("got as f32");
+    let r = reference
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("ref as f32");
     let mut bad = 0usize;
     let mut worst = (0usize, 0f32);
     for (i, (a, b)) in g.iter().zip(&r).enumerate() {
@@ -43,5 +49,8 @@ pub fn assert_close(label: &str, got: &Tensor, reference: &Tensor, tol: f32) {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
     let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -11,13 +11,21 @@ use serde_json::Value;
 const TOL: f32 = 1e-4;
 
 fn tokens(case: &Value) -> Vec<u32> {
-    case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    case["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn run_case(name: &str) {
     let dir = fixtures().join("cases").join(name);
-    let case: Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-    let base = fixtures().join("models").join(case["model"].as_str().unwrap());
+    let case: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+    let base = fixtures()
+        .join("models")
+        .join(case["model"].as_str().unwrap());
     let mut model = Model::open_base(&base).unwrap();
     for a in case["adapters"].as_array().unwrap() {
         let opts = LoadAdapterOptions {
@@ -36,18 +44,30 @@ fn run_case(name: &str) {
             model.disable_adapters().unwrap();
         } else {
             model.enable_adapters().unwrap();
-            let active: Vec<&str> = run["active"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            let active: Vec<&str> = run["active"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
             model.set_adapter(&active).unwrap();
         }
         let got = model.logits(&toks).unwrap();
-        assert_close(&format!("{name}/{run_name}"), &got, &refs[run_name].tensor, TOL);
+        assert_close(
+            &format!("{name}/{run_name}"),
+            &got,
+            &refs[run_name].tensor,
+            TOL,
+        );
     }
 }
 
 fn base_logits(model: &str) {
     let dir = fixtures().join("models").join(model);
     let m = Model::open_base(&dir).unwrap();
-    let case: Value = serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap()).unwrap();
+    let case: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap())
+            .unwrap();
     let got = m.logits(&tokens(&case)).unwrap();
     let r = load_safetensors(Path::new(&dir.join("base_logits.safetensors"))).unwrap();
     assert_close(&format!("base {model}"), &got, &r["logits"].tensor, TOL);
@@ -97,12 +117,19 @@ fn every_fixture_case_is_tested() {
     on_disk.sort();
     let src = include_str!("conformance.rs");
     for c in on_disk {
-        assert!(src.contains(&format!("    {c},")), "fixture case {c} has no test");
+        assert!(
+            src.contains(&format!("    {c},")),
+            "fixture case {c} has no test"
+        );
     }
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Greedy generation through the KV cache equals PEFT's `generate(do_sample=False)`.
@@ -111,7 +138,8 @@ fn greedy_generation_matches_peft() {
     let mut checked = 0;
     for model in ["llama", "llama-tied", "opt"] {
         let dir = fixtures().join("models").join(model);
-        let g: Value = serde_json::from_slice(&std::fs::read(dir.join("generation.json")).unwrap()).unwrap();
+        let g: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("generation.json")).unwrap()).unwrap();
         let m = Model::open_base(&dir).unwrap();
         let n = g["max_new_tokens"].as_u64().unwrap() as usize;
         let got = m.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
@@ -120,18 +148,38 @@ fn greedy_generation_matches_peft() {
     }
     for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
         let dir = entry.unwrap().path();
-        let case: Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-        let Some(g) = case.get("generation") else { continue };
-        let base = fixtures().join("models").join(case["model"].as_str().unwrap());
+        let case: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+        let Some(g) = case.get("generation") else {
+            continue;
+        };
+        let base = fixtures()
+            .join("models")
+            .join(case["model"].as_str().unwrap());
         let mut model = Model::open_base(&base).unwrap();
         for a in case["adapters"].as_array().unwrap() {
-            let opts = LoadAdapterOptions { adapter_name: Some(a["name"].as_str().unwrap().into()), ..Default::default() };
-            model.load_adapter(&dir.join(a["path"].as_str().unwrap()), opts).unwrap();
+            let opts = LoadAdapterOptions {
+                adapter_name: Some(a["name"].as_str().unwrap().into()),
+                ..Default::default()
+            };
+            model
+                .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
+                .unwrap();
         }
         let n = g["max_new_tokens"].as_u64().unwrap() as usize;
         for (run_name, want) in g["runs"].as_object().unwrap() {
-            let run = case["runs"].as_array().unwrap().iter().find(|r| r["name"] == run_name.as_str()).unwrap();
-            let active: Vec<&str> = run["active"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            let run = case["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == run_name.as_str())
+                .unwrap();
+            let active: Vec<&str> = run["active"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
             model.set_adapter(&active).unwrap();
             let got = model.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
             assert_eq!(got, ids(want), "{}/{run_name}", dir.display());

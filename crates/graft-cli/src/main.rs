@@ -14,7 +14,11 @@ use graft_models::model::resolve_base_path;
 use graft_models::{LoadAdapterOptions, Model};
 
 #[derive(Parser)]
-#[command(name = "graft", version, about = "Load, run and inspect 🤗 PEFT adapters (LoRA, IA3, AdaLoRA) — the same numbers as PEFT, without Python")]
+#[command(
+    name = "graft",
+    version,
+    about = "Load, run and inspect 🤗 PEFT adapters (LoRA, IA3, AdaLoRA) — the same numbers as PEFT, without Python"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,9 +108,16 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
     let (mut model, base_dir) = if is_adapter_dir(&args.model) {
         let files = read_adapter_dir(&args.model, None)?;
         let base = resolve_base_path(&args.model, files.config.base_model_name_or_path.as_deref())?;
-        eprintln!("graft: {} is an adapter; its base is {}", args.model.display(), base.display());
+        eprintln!(
+            "graft: {} is an adapter; its base is {}",
+            args.model.display(),
+            base.display()
+        );
         let mut m = Model::open_base(&base)?;
-        let opts = LoadAdapterOptions { allow_partial: args.allow_partial, ..Default::default() };
+        let opts = LoadAdapterOptions {
+            allow_partial: args.allow_partial,
+            ..Default::default()
+        };
         let rep = m.load_adapter_from_state(files.config, files.tensors, opts)?;
         print_warnings("default", &rep);
         (m, base)
@@ -120,7 +131,9 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
             allow_partial: args.allow_partial,
             ..Default::default()
         };
-        let rep = model.load_adapter(&dir, opts).map_err(|e| format!("adapter `{name}` ({}): {e}", dir.display()))?;
+        let rep = model
+            .load_adapter(&dir, opts)
+            .map_err(|e| format!("adapter `{name}` ({}): {e}", dir.display()))?;
         print_warnings(&name, &rep);
     }
     if let Some(active) = &args.active {
@@ -138,8 +151,15 @@ fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> CliResult<()> {
     let t0 = Instant::now();
     let logits = model.logits(tokens)?;
     let mut map = BTreeMap::new();
-    map.insert("logits".to_string(), LoadedTensor { tensor: logits.clone(), dtype: DType::F32 });
-    std::fs::write(out, serialize_safetensors(&map)?).map_err(|e| format!("{}: {e}", out.display()))?;
+    map.insert(
+        "logits".to_string(),
+        LoadedTensor {
+            tensor: logits.clone(),
+            dtype: DType::F32,
+        },
+    );
+    std::fs::write(out, serialize_safetensors(&map)?)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!(
         "graft: logits {:?} written to {} ({:.1} ms)",
         logits.dims(),
@@ -149,7 +169,12 @@ fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> CliResult<()> {
     Ok(())
 }
 
-fn generate(args: &ModelArgs, max_new: usize, tokens: Option<&[u32]>, prompt: Option<&str>) -> CliResult<()> {
+fn generate(
+    args: &ModelArgs,
+    max_new: usize,
+    tokens: Option<&[u32]>,
+    prompt: Option<&str>,
+) -> CliResult<()> {
     let (model, base_dir) = open(args)?;
     let eos = Model::eos_ids(&base_dir);
     let tok_path = base_dir.join("tokenizer.json");
@@ -161,13 +186,20 @@ fn generate(args: &ModelArgs, max_new: usize, tokens: Option<&[u32]>, prompt: Op
             )
             .into());
         }
-        Some(tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?)
+        Some(
+            tokenizers::Tokenizer::from_file(&tok_path)
+                .map_err(|e| format!("{}: {e}", tok_path.display()))?,
+        )
     } else {
         None
     };
     let ids: Vec<u32> = match (tokens, prompt, &tokenizer) {
         (Some(t), _, _) => t.to_vec(),
-        (None, Some(p), Some(tk)) => tk.encode(p, true).map_err(|e| format!("tokenizer: {e}"))?.get_ids().to_vec(),
+        (None, Some(p), Some(tk)) => tk
+            .encode(p, true)
+            .map_err(|e| format!("tokenizer: {e}"))?
+            .get_ids()
+            .to_vec(),
         _ => return Err("nothing to generate from".into()),
     };
     let t0 = Instant::now();
@@ -216,7 +248,10 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
         cfg.base_model_name_or_path.as_deref().unwrap_or("null")
     );
     if !cfg.unknown_keys.is_empty() {
-        println!("unknown config keys (kept, ignored): {:?}", cfg.unknown_keys);
+        println!(
+            "unknown config keys (kept, ignored): {:?}",
+            cfg.unknown_keys
+        );
     }
     println!("tensors in file: {}", files.tensors.len());
     let base = match model {
@@ -224,7 +259,9 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
         None => resolve_base_path(adapter, cfg.base_model_name_or_path.as_deref()).ok(),
     };
     let Some(base) = base else {
-        println!("(no local base model: pass --model to see which modules the adapter attaches to)");
+        println!(
+            "(no local base model: pass --model to see which modules the adapter attaches to)"
+        );
         for (k, t) in &files.tensors {
             println!("  {k} {:?} {:?}", t.tensor.dims(), t.dtype);
         }
@@ -232,7 +269,10 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
     };
     let mut m = Model::open_base(&base)?;
     println!("base: {}", base.display());
-    let opts = LoadAdapterOptions { allow_partial, ..Default::default() };
+    let opts = LoadAdapterOptions {
+        allow_partial,
+        ..Default::default()
+    };
     let report = m.load_adapter_from_state(files.config.clone(), files.tensors.clone(), opts)?;
     print!("{report}");
     Ok(())
@@ -242,10 +282,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Logits { model, tokens, out } => logits(model, tokens, out),
-        Command::Generate { model, max_new_tokens, tokens, prompt } => {
-            generate(model, *max_new_tokens, tokens.as_deref(), prompt.as_deref())
-        }
-        Command::Inspect { adapter, model, allow_partial } => inspect(adapter, model.as_deref(), *allow_partial),
+        Command::Generate {
+            model,
+            max_new_tokens,
+            tokens,
+            prompt,
+        } => generate(model, *max_new_tokens, tokens.as_deref(), prompt.as_deref()),
+        Command::Inspect {
+            adapter,
+            model,
+            allow_partial,
+        } => inspect(adapter, model.as_deref(), *allow_partial),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

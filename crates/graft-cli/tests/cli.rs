@@ -7,7 +7,10 @@ use graft_core::tensors::load_safetensors;
 use graft_tests::{assert_close, fixtures};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn graft(args: &[&str]) -> std::process::Output {
@@ -27,11 +30,26 @@ fn logits_case(case: &str, run: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--tokens", TOKENS, "--out", out.to_str().unwrap()]);
     let o = graft(&args);
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let got = load_safetensors(&out).unwrap();
-    let want = load_safetensors(&fixtures().join("cases").join(case).join("logits.safetensors")).unwrap();
+    let want = load_safetensors(
+        &fixtures()
+            .join("cases")
+            .join(case)
+            .join("logits.safetensors"),
+    )
+    .unwrap();
     assert_eq!(got.len(), 1);
-    assert_close(&format!("cli {case}/{run}"), &got["logits"].tensor, &want[run].tensor, 1e-4);
+    assert_close(
+        &format!("cli {case}/{run}"),
+        &got["logits"].tensor,
+        &want[run].tensor,
+        1e-4,
+    );
 }
 
 #[test]
@@ -39,14 +57,23 @@ fn logits_with_one_adapter() {
     logits_case(
         "lora_qv",
         "on",
-        &["--model", "tests/fixtures/models/llama", "--adapter", "tests/fixtures/cases/lora_qv/adapters/default"],
+        &[
+            "--model",
+            "tests/fixtures/models/llama",
+            "--adapter",
+            "tests/fixtures/cases/lora_qv/adapters/default",
+        ],
     );
 }
 
 #[test]
 fn logits_from_an_adapter_folder_given_as_model() {
     // base_model_name_or_path in the fixture is the repo-relative base folder.
-    logits_case("lora_qv", "on", &["--model", "tests/fixtures/cases/lora_qv/adapters/default"]);
+    logits_case(
+        "lora_qv",
+        "on",
+        &["--model", "tests/fixtures/cases/lora_qv/adapters/default"],
+    );
 }
 
 #[test]
@@ -81,7 +108,8 @@ fn generate_prints_only_ids_on_stdout() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let case: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap())
+            .unwrap();
     let want: Vec<String> = case["generation"]["runs"]["on"]
         .as_array()
         .unwrap()
@@ -96,22 +124,49 @@ fn generate_prints_only_ids_on_stdout() {
 
 #[test]
 fn inspect_reports_targets_ranks_and_scales() {
-    let o = graft(&["inspect", "tests/fixtures/cases/all_linear_rslora_patterns/adapters/default"]);
+    let o = graft(&[
+        "inspect",
+        "tests/fixtures/cases/all_linear_rslora_patterns/adapters/default",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8(o.stdout).unwrap();
     assert!(s.contains("peft_type: LORA"), "{s}");
-    assert!(s.contains("model.layers.0.self_attn.v_proj [lora] r=2 alpha=8 scale=5.656854"), "{s}");
-    assert!(s.contains("model.layers.1.self_attn.q_proj [lora] r=4 alpha=3 scale=1.500000"), "{s}");
+    assert!(
+        s.contains("model.layers.0.self_attn.v_proj [lora] r=2 alpha=8 scale=5.656854"),
+        "{s}"
+    );
+    assert!(
+        s.contains("model.layers.1.self_attn.q_proj [lora] r=4 alpha=3 scale=1.500000"),
+        "{s}"
+    );
 }
 
 #[test]
 fn errors_are_messages_not_panics() {
-    let o = graft(&["logits", "--model", "tests/fixtures/models/llama", "--adapter", "tests/fixtures/cases/opt_lora/adapters/default", "--tokens", "1,2", "--out", "/dev/null"]);
+    let o = graft(&[
+        "logits",
+        "--model",
+        "tests/fixtures/models/llama",
+        "--adapter",
+        "tests/fixtures/cases/opt_lora/adapters/default",
+        "--tokens",
+        "1,2",
+        "--out",
+        "/dev/null",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let o = graft(&["logits", "--model", "tests/fixtures/models/llama", "--tokens", "1,500", "--out", "/dev/null"]);
+    let o = graft(&[
+        "logits",
+        "--model",
+        "tests/fixtures/models/llama",
+        "--tokens",
+        "1,500",
+        "--out",
+        "/dev/null",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("out of range"));
 }

@@ -89,7 +89,13 @@ impl ModuleAdapter {
 
 impl Dora {
     /// `‖W + s·(B A)‖₂` per output row, on the base weight (out, in).
-    pub fn new(weight: &Tensor, a: &Tensor, b: &Tensor, scale: f64, magnitude: Tensor) -> Result<Self> {
+    pub fn new(
+        weight: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+        magnitude: Tensor,
+    ) -> Result<Self> {
         let lora_w = (b.matmul(a)? * scale)?;
         let norm = (weight + lora_w)?.sqr()?.sum(D::Minus1)?.sqrt()?;
         let mag_norm_scale = magnitude.div(&norm)?.unsqueeze(0)?;
@@ -177,7 +183,11 @@ pub fn linear_forward(
 }
 
 /// Runs an Embedding with the given active LoRA embedding layers: `E[ids] + Σ s·Aᵀ[ids]·Bᵀ`.
-pub fn embedding_forward(ids: &Tensor, table: &Tensor, active: &[&ModuleAdapter]) -> Result<Tensor> {
+pub fn embedding_forward(
+    ids: &Tensor,
+    table: &Tensor,
+    active: &[&ModuleAdapter],
+) -> Result<Tensor> {
     let ids = ids.to_dtype(DType::U32)?;
     let mut result = table.index_select(&ids, 0)?;
     for a in active {
@@ -211,9 +221,15 @@ mod tests {
             scale: 2.0,
             dora: None,
         });
-        let y = linear_forward(&x, &w, None, &[&l]).unwrap().to_vec2::<f32>().unwrap();
+        let y = linear_forward(&x, &w, None, &[&l])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(y, vec![vec![1.0 + 6.0, 2.0 - 6.0]]);
-        let y2 = linear_forward(&x, &w, None, &[&l, &l]).unwrap().to_vec2::<f32>().unwrap();
+        let y2 = linear_forward(&x, &w, None, &[&l, &l])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(y2, vec![vec![1.0 + 12.0, 2.0 - 12.0]]);
     }
 
@@ -225,9 +241,20 @@ mod tests {
         // with a zero LoRA, n = row norms of W = [5, 2]; m = n gives the identity
         let m = Tensor::new(&[5.0f32, 2.0], &Device::Cpu).unwrap();
         let d = Dora::new(&w, &a, &b, 1.0, m).unwrap();
-        let l = ModuleAdapter::Lora(LoraLinear { a, b, b_bias: None, r: 1, alpha: 1.0, scale: 1.0, dora: Some(d) });
+        let l = ModuleAdapter::Lora(LoraLinear {
+            a,
+            b,
+            b_bias: None,
+            r: 1,
+            alpha: 1.0,
+            scale: 1.0,
+            dora: Some(d),
+        });
         let x = t(&[1.0, 1.0], (1, 2));
-        let y = linear_forward(&x, &w, None, &[&l]).unwrap().to_vec2::<f32>().unwrap();
+        let y = linear_forward(&x, &w, None, &[&l])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(y, vec![vec![7.0, 2.0]]);
     }
 }

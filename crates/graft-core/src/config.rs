@@ -199,7 +199,9 @@ fn string_list(v: &Value, key: &str) -> Result<Vec<String>> {
                     .ok_or_else(|| bad(format!("`{key}` must hold strings, got {i}")))
             })
             .collect(),
-        other => Err(bad(format!("`{key}` must be a list of strings, got {other}"))),
+        other => Err(bad(format!(
+            "`{key}` must be a list of strings, got {other}"
+        ))),
     }
 }
 
@@ -229,7 +231,9 @@ impl AdapterConfig {
         let value: Value =
             serde_json::from_str(text).map_err(|e| Error::ConfigNotJson(e.to_string()))?;
         let Value::Object(map) = value else {
-            return Err(Error::ConfigNotJson("the top level is not an object".into()));
+            return Err(Error::ConfigNotJson(
+                "the top level is not an object".into(),
+            ));
         };
         Self::from_map(map)
     }
@@ -277,9 +281,11 @@ impl AdapterConfig {
                 items
                     .iter()
                     .map(|i| {
-                        i.as_u64()
-                            .map(|n| n as usize)
-                            .ok_or_else(|| bad(format!("`layers_to_transform` holds {i}, not a layer index")))
+                        i.as_u64().map(|n| n as usize).ok_or_else(|| {
+                            bad(format!(
+                                "`layers_to_transform` holds {i}, not a layer index"
+                            ))
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -309,8 +315,7 @@ impl AdapterConfig {
                 ));
             }
         }
-        if layers_pattern.as_ref().is_some_and(|p| !p.is_empty()) && layers_to_transform.is_none()
-        {
+        if layers_pattern.as_ref().is_some_and(|p| !p.is_empty()) && layers_to_transform.is_none() {
             return Err(bad(
                 "When `layers_pattern` is specified, `layers_to_transform` must also be specified. ",
             ));
@@ -415,7 +420,9 @@ impl AdapterConfig {
             Some(v) => return Err(bad(format!("`init_lora_weights` has an unknown value {v}"))),
         };
         if self.use_dora && self.lora_bias {
-            return Err(bad("DoRA does not support lora_bias yet, set use_dora to False"));
+            return Err(bad(
+                "DoRA does not support lora_bias yet, set use_dora to False",
+            ));
         }
         // Fields that change the numbers in ways graft does not implement yet: fail closed.
         let refuse = |key: &str, why: &str| -> Result<()> {
@@ -428,12 +435,24 @@ impl AdapterConfig {
             }
             Ok(())
         };
-        refuse("alora_invocation_tokens", "aLoRA (activated LoRA) is not implemented")?;
+        refuse(
+            "alora_invocation_tokens",
+            "aLoRA (activated LoRA) is not implemented",
+        )?;
         refuse("use_qalora", "QA-LoRA is not implemented")?;
-        refuse("target_parameters", "LoRA on raw parameters (MoE experts) is not implemented")?;
-        refuse("trainable_token_indices", "trainable tokens are not implemented")?;
+        refuse(
+            "target_parameters",
+            "LoRA on raw parameters (MoE experts) is not implemented",
+        )?;
+        refuse(
+            "trainable_token_indices",
+            "trainable tokens are not implemented",
+        )?;
         refuse("layer_replication", "layer replication is not implemented")?;
-        refuse("megatron_config", "Megatron parallel layers are not supported")?;
+        refuse(
+            "megatron_config",
+            "Megatron parallel layers are not supported",
+        )?;
         refuse("use_bdlora", "BD-LoRA is not implemented")?;
         refuse("arrow_config", "Arrow routing is not implemented")?;
         refuse("monteclora_config", "MonteCLoRA is not implemented")?;
@@ -474,13 +493,18 @@ impl AdapterConfig {
                         self.adalora_rank_pattern.push((k.clone(), mask));
                     }
                 }
-                Some(v) => return Err(bad(format!("AdaLoRA `rank_pattern` must be an object, got {v}"))),
+                Some(v) => {
+                    return Err(bad(format!(
+                        "AdaLoRA `rank_pattern` must be an object, got {v}"
+                    )))
+                }
             }
         } else {
             if let Some(Value::Object(m)) = f.get("rank_pattern") {
                 for (k, v) in m {
                     let p = Pattern::pattern_key("rank_pattern", k)?;
-                    self.rank_pattern.push((p, as_rank(v, &format!("rank_pattern[{k}]"))?));
+                    self.rank_pattern
+                        .push((p, as_rank(v, &format!("rank_pattern[{k}]"))?));
                 }
             } else if is_set(f, "rank_pattern") {
                 return Err(bad("`rank_pattern` must be an object"));
@@ -488,7 +512,8 @@ impl AdapterConfig {
             if let Some(Value::Object(m)) = f.get("alpha_pattern") {
                 for (k, v) in m {
                     let p = Pattern::pattern_key("alpha_pattern", k)?;
-                    self.alpha_pattern.push((p, as_alpha(v, &format!("alpha_pattern[{k}]"))?));
+                    self.alpha_pattern
+                        .push((p, as_alpha(v, &format!("alpha_pattern[{k}]"))?));
                 }
             } else if is_set(f, "alpha_pattern") {
                 return Err(bad("`alpha_pattern` must be an object"));

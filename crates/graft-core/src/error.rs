@@ -58,7 +58,9 @@ pub enum Error {
         got: Vec<usize>,
         hint: String,
     },
-    #[error("tensor `{name}` has dtype {dtype}, expected a floating-point dtype (F32, F16, BF16, F64)")]
+    #[error(
+        "tensor `{name}` has dtype {dtype}, expected a floating-point dtype (F32, F16, BF16, F64)"
+    )]
     BadDtype { name: String, dtype: String },
     #[error("tensor `{name}` contains NaN or infinite values")]
     NonFinite { name: String },
@@ -68,7 +70,9 @@ pub enum Error {
     NoAdapterLoaded,
     #[error("Adapter with name {0} already exists. Please use a different name.")]
     AdapterExists(String),
-    #[error("Adapter with name {name} not found. Please pass the correct adapter name among {known:?}")]
+    #[error(
+        "Adapter with name {name} not found. Please pass the correct adapter name among {known:?}"
+    )]
     AdapterNotFound { name: String, known: Vec<String> },
     #[error("Attempted to set multiple ({0:?}) adapters at once for modules_to_save.")]
     MultipleModulesToSave(Vec<String>),

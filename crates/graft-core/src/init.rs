@@ -49,7 +49,10 @@ pub fn fresh_state(
                 if let Some(base) = base_param(i, p)? {
                     out.insert(
                         format!("{}.{p}", m.path),
-                        LoadedTensor { tensor: base.copy()?, dtype: DType::F32 },
+                        LoadedTensor {
+                            tensor: base.copy()?,
+                            dtype: DType::F32,
+                        },
                     );
                 }
             }
@@ -60,11 +63,22 @@ pub fn fresh_state(
         }
         let path = &m.path;
         match (config.peft_type, &m.kind) {
-            (PeftType::Lora, ModuleKind::Linear { in_features, out_features, .. }) => {
+            (
+                PeftType::Lora,
+                ModuleKind::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                },
+            ) => {
                 let (r, _, _) = config.lora_scale(path);
                 let (a, b) = match config.init_lora_weights {
                     InitLoraWeights::Default => (
-                        uniform(&mut rng, r * in_features, 1.0 / (*in_features as f64).sqrt()),
+                        uniform(
+                            &mut rng,
+                            r * in_features,
+                            1.0 / (*in_features as f64).sqrt(),
+                        ),
                         vec![0.0; out_features * r],
                     ),
                     InitLoraWeights::Gaussian => (
@@ -72,7 +86,11 @@ pub fn fresh_state(
                         vec![0.0; out_features * r],
                     ),
                     InitLoraWeights::Random => (
-                        uniform(&mut rng, r * in_features, 1.0 / (*in_features as f64).sqrt()),
+                        uniform(
+                            &mut rng,
+                            r * in_features,
+                            1.0 / (*in_features as f64).sqrt(),
+                        ),
                         uniform(&mut rng, out_features * r, 1.0 / (r as f64).sqrt()),
                     ),
                     InitLoraWeights::Other => {
@@ -86,7 +104,10 @@ pub fn fresh_state(
                 out.insert(format!("{path}.lora_A.weight"), t(a, &[r, *in_features])?);
                 out.insert(format!("{path}.lora_B.weight"), t(b, &[*out_features, r])?);
                 if config.lora_bias {
-                    out.insert(format!("{path}.lora_B.bias"), t(vec![0.0; *out_features], &[*out_features])?);
+                    out.insert(
+                        format!("{path}.lora_B.bias"),
+                        t(vec![0.0; *out_features], &[*out_features])?,
+                    );
                 }
                 if config.use_dora {
                     // m starts as ‖W‖ per row, so the fresh adapter is a no-op (B = 0).
@@ -96,23 +117,45 @@ pub fn fresh_state(
                     let norm = w.sqr()?.sum(1)?.sqrt()?;
                     out.insert(
                         format!("{path}.lora_magnitude_vector"),
-                        LoadedTensor { tensor: norm, dtype: DType::F32 },
+                        LoadedTensor {
+                            tensor: norm,
+                            dtype: DType::F32,
+                        },
                     );
                 }
             }
-            (PeftType::Lora, ModuleKind::Embedding { num_embeddings, dim }) => {
+            (
+                PeftType::Lora,
+                ModuleKind::Embedding {
+                    num_embeddings,
+                    dim,
+                },
+            ) => {
                 let (r, _, _) = config.lora_scale(path);
                 let (a, b) = match config.init_lora_weights {
                     InitLoraWeights::Random => (
                         normal(&mut rng, r * num_embeddings, 1.0)?,
                         normal(&mut rng, dim * r, 1.0)?,
                     ),
-                    _ => (vec![0.0; r * num_embeddings], normal(&mut rng, dim * r, 1.0)?),
+                    _ => (
+                        vec![0.0; r * num_embeddings],
+                        normal(&mut rng, dim * r, 1.0)?,
+                    ),
                 };
-                out.insert(format!("{path}.lora_embedding_A"), t(a, &[r, *num_embeddings])?);
+                out.insert(
+                    format!("{path}.lora_embedding_A"),
+                    t(a, &[r, *num_embeddings])?,
+                );
                 out.insert(format!("{path}.lora_embedding_B"), t(b, &[*dim, r])?);
             }
-            (PeftType::Ia3, ModuleKind::Linear { in_features, out_features, .. }) => {
+            (
+                PeftType::Ia3,
+                ModuleKind::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                },
+            ) => {
                 let ff = config
                     .feedforward_modules
                     .as_ref()
@@ -120,8 +163,15 @@ pub fn fresh_state(
                     || (config.feedforward_modules.is_none()
                         && config.target_modules.is_none()
                         && crate::matching::default_feedforward(&inventory.model_type)
-                            .is_some_and(|d| d.iter().any(|s| path == s || path.ends_with(&format!(".{s}")))));
-                let shape = if ff { vec![1, *in_features] } else { vec![*out_features, 1] };
+                            .is_some_and(|d| {
+                                d.iter()
+                                    .any(|s| path == s || path.ends_with(&format!(".{s}")))
+                            }));
+                let shape = if ff {
+                    vec![1, *in_features]
+                } else {
+                    vec![*out_features, 1]
+                };
                 let n = shape[0] * shape[1];
                 let v = if config.init_ia3_weights {
                     vec![1.0; n]
@@ -130,10 +180,26 @@ pub fn fresh_state(
                 };
                 out.insert(format!("{path}.ia3_l"), t(v, &shape)?);
             }
-            (PeftType::AdaLora, ModuleKind::Linear { in_features, out_features, .. }) => {
+            (
+                PeftType::AdaLora,
+                ModuleKind::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                },
+            ) => {
                 let r = config.init_r;
-                out.insert(format!("{path}.lora_A"), t(normal(&mut rng, r * in_features, 0.02)?, &[r, *in_features])?);
-                out.insert(format!("{path}.lora_B"), t(normal(&mut rng, out_features * r, 0.02)?, &[*out_features, r])?);
+                out.insert(
+                    format!("{path}.lora_A"),
+                    t(normal(&mut rng, r * in_features, 0.02)?, &[r, *in_features])?,
+                );
+                out.insert(
+                    format!("{path}.lora_B"),
+                    t(
+                        normal(&mut rng, out_features * r, 0.02)?,
+                        &[*out_features, r],
+                    )?,
+                );
                 out.insert(format!("{path}.lora_E"), t(vec![0.0; r], &[r, 1])?);
             }
             _ => {}

@@ -66,7 +66,11 @@ impl std::fmt::Display for LoadReport {
             writeln!(f, " <- {}", t.tensors.join(", "))?;
         }
         if !self.modules_to_save.is_empty() {
-            writeln!(f, "modules_to_save (full copies): {}", self.modules_to_save.join(", "))?;
+            writeln!(
+                f,
+                "modules_to_save (full copies): {}",
+                self.modules_to_save.join(", ")
+            )?;
         }
         if !self.base_overrides.is_empty() {
             writeln!(
@@ -247,11 +251,10 @@ pub fn build_adapter(
         if !matcher.is_target(m) {
             continue;
         }
-        let ok = match (&m.kind, config.peft_type) {
-            (ModuleKind::Linear { .. }, _) => true,
-            (ModuleKind::Embedding { .. }, PeftType::Lora) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (&m.kind, config.peft_type),
+            (ModuleKind::Linear { .. }, _) | (ModuleKind::Embedding { .. }, PeftType::Lora)
+        );
         if ok {
             targets.push(i);
         } else {
@@ -288,12 +291,26 @@ pub fn build_adapter(
     }
     // Unmatched rank/alpha pattern keys are ignored with a warning, as in PEFT 0.21.
     for (field, keys) in [
-        ("rank_pattern", config.rank_pattern.iter().map(|(p, _)| p).collect::<Vec<_>>()),
-        ("alpha_pattern", config.alpha_pattern.iter().map(|(p, _)| p).collect()),
+        (
+            "rank_pattern",
+            config
+                .rank_pattern
+                .iter()
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "alpha_pattern",
+            config.alpha_pattern.iter().map(|(p, _)| p).collect(),
+        ),
     ] {
         let unmatched: Vec<&str> = keys
             .iter()
-            .filter(|p| !targets.iter().any(|&i| p.matches(&inventory.modules[i].path)))
+            .filter(|p| {
+                !targets
+                    .iter()
+                    .any(|&i| p.matches(&inventory.modules[i].path))
+            })
             .map(|p| p.source.as_str())
             .collect();
         if !unmatched.is_empty() {
@@ -361,7 +378,14 @@ pub fn build_adapter(
     for &i in &targets {
         let m = &inventory.modules[i];
         let got = by_module.get(&i).unwrap_or(&empty);
-        match build_layer(&adapter.config, i, inventory, got, base_weight, &mut problems)? {
+        match build_layer(
+            &adapter.config,
+            i,
+            inventory,
+            got,
+            base_weight,
+            &mut problems,
+        )? {
             Some((layer, rep)) => {
                 for k in &rep.tensors {
                     if let Some((_, (key, t))) = got.iter().find(|(_, (key, _))| key == k) {
@@ -391,7 +415,9 @@ pub fn build_adapter(
                 _ => continue,
             };
             let Some((_, expected)) = shapes.iter().find(|(n, _)| *n == param) else {
-                problems.unexpected.push(format!("{key} (module {} has no {param})", m.path));
+                problems
+                    .unexpected
+                    .push(format!("{key} (module {} has no {param})", m.path));
                 continue;
             };
             if t.tensor.dims() != expected.as_slice() {
@@ -442,7 +468,9 @@ pub fn build_adapter(
                 }
             });
             if !have {
-                problems.missing.push(format!("{}.{param} (modules_to_save)", m.path));
+                problems
+                    .missing
+                    .push(format!("{}.{param} (modules_to_save)", m.path));
             }
         }
     }
@@ -451,9 +479,11 @@ pub fn build_adapter(
         for &i in &targets {
             let m = &inventory.modules[i];
             if matches!(m.kind, ModuleKind::Linear { bias: true, .. })
-                && !adapter.base_params.get(&i).is_some_and(|p| p.bias.is_some())
+                && adapter.base_params.get(&i).is_none_or(|p| p.bias.is_none())
             {
-                problems.missing.push(format!("{}.base_layer.bias (bias=\"lora_only\")", m.path));
+                problems
+                    .missing
+                    .push(format!("{}.base_layer.bias (bias=\"lora_only\")", m.path));
             }
         }
     }
@@ -475,7 +505,8 @@ pub fn build_adapter(
     if adapter.layers.is_empty() && adapter.saved_modules.is_empty() {
         return Err(Error::AdapterMismatch {
             adapter: name.to_string(),
-            report: "  nothing of the adapter could be attached: it would silently do nothing".into(),
+            report: "  nothing of the adapter could be attached: it would silently do nothing"
+                .into(),
         });
     }
     zero_effect_warning(&mut adapter)?;
@@ -486,14 +517,18 @@ fn zero_effect_warning(adapter: &mut Adapter) -> Result<()> {
     let mut any_nonzero = false;
     for l in adapter.layers.values() {
         let nonzero = match l {
-            ModuleAdapter::Lora(l) => l.b.abs()?.max_all()?.to_scalar::<f32>()? > 0.0
-                || l.dora.is_some()
-                || l.b_bias.is_some(),
+            ModuleAdapter::Lora(l) => {
+                l.b.abs()?.max_all()?.to_scalar::<f32>()? > 0.0
+                    || l.dora.is_some()
+                    || l.b_bias.is_some()
+            }
             ModuleAdapter::LoraEmbedding(e) => {
                 e.a.abs()?.max_all()?.to_scalar::<f32>()? > 0.0
                     && e.b.abs()?.max_all()?.to_scalar::<f32>()? > 0.0
             }
-            ModuleAdapter::Ia3(i) => (i.l.clone() - 1.0)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0,
+            ModuleAdapter::Ia3(i) => {
+                (i.l.clone() - 1.0)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0
+            }
             ModuleAdapter::AdaLora(a) => a.e.abs()?.max_all()?.to_scalar::<f32>()? > 0.0,
         };
         any_nonzero |= nonzero;
@@ -595,35 +630,86 @@ fn build_layer(
     };
     let ok = |problems: &Problems| problems.missing.len() + problems.shapes.len() == n_problems;
     match (cfg.peft_type, &m.kind) {
-        (PeftType::Lora, ModuleKind::Linear { in_features, out_features, .. }) => {
+        (
+            PeftType::Lora,
+            ModuleKind::Linear {
+                in_features,
+                out_features,
+                ..
+            },
+        ) => {
             let (r, alpha, s) = cfg.lora_scale(path);
-            let rhint = format!(" (config says r={r} for this module; graft never infers r from tensor shapes)");
+            let rhint = format!(
+                " (config says r={r} for this module; graft never infers r from tensor shapes)"
+            );
             let a = take(got, Role::LoraA, path, ".lora_A.weight", problems);
             let b = take(got, Role::LoraB, path, ".lora_B.weight", problems);
-            let bb = if cfg.lora_bias { take(got, Role::LoraBBias, path, ".lora_B.bias", problems) } else { None };
-            let mag = if cfg.use_dora { take(got, Role::Magnitude, path, ".lora_magnitude_vector", problems) } else { None };
-            if let Some((k, t)) = a { shape_check(k, t, &[r, *in_features], &rhint, problems); }
-            if let Some((k, t)) = b { shape_check(k, t, &[*out_features, r], &rhint, problems); }
-            if let Some((k, t)) = bb { shape_check(k, t, &[*out_features], "", problems); }
-            if let Some((k, t)) = mag { shape_check(k, t, &[*out_features], "", problems); }
-            if !ok(problems) { return Ok(None); }
-            let (Some((ka, a)), Some((kb, b))) = (a, b) else { return Ok(None) };
+            let bb = if cfg.lora_bias {
+                take(got, Role::LoraBBias, path, ".lora_B.bias", problems)
+            } else {
+                None
+            };
+            let mag = if cfg.use_dora {
+                take(
+                    got,
+                    Role::Magnitude,
+                    path,
+                    ".lora_magnitude_vector",
+                    problems,
+                )
+            } else {
+                None
+            };
+            if let Some((k, t)) = a {
+                shape_check(k, t, &[r, *in_features], &rhint, problems);
+            }
+            if let Some((k, t)) = b {
+                shape_check(k, t, &[*out_features, r], &rhint, problems);
+            }
+            if let Some((k, t)) = bb {
+                shape_check(k, t, &[*out_features], "", problems);
+            }
+            if let Some((k, t)) = mag {
+                shape_check(k, t, &[*out_features], "", problems);
+            }
+            if !ok(problems) {
+                return Ok(None);
+            }
+            let (Some((ka, a)), Some((kb, b))) = (a, b) else {
+                return Ok(None);
+            };
             rep.tensors = vec![ka.clone(), kb.clone()];
             if !cfg.lora_bias && got.contains_key(&Role::LoraBBias) {
-                problems.unexpected.push(format!("{path}.lora_B.bias (lora_bias is false in the config)"));
+                problems.unexpected.push(format!(
+                    "{path}.lora_B.bias (lora_bias is false in the config)"
+                ));
             }
             if !cfg.use_dora && got.contains_key(&Role::Magnitude) {
-                problems.unexpected.push(format!("{path}.lora_magnitude_vector (use_dora is false in the config)"));
+                problems.unexpected.push(format!(
+                    "{path}.lora_magnitude_vector (use_dora is false in the config)"
+                ));
             }
             let dora = match mag {
                 Some((km, mt)) => {
                     rep.tensors.push(km.clone());
-                    Some(Dora::new(&base_weight(i)?, &a.tensor, &b.tensor, s, mt.tensor.clone())?)
+                    Some(Dora::new(
+                        &base_weight(i)?,
+                        &a.tensor,
+                        &b.tensor,
+                        s,
+                        mt.tensor.clone(),
+                    )?)
                 }
                 None => None,
             };
-            if let Some((kbb, _)) = bb { rep.tensors.push(kbb.clone()); }
-            rep.kind = if dora.is_some() { "dora".into() } else { "lora".into() };
+            if let Some((kbb, _)) = bb {
+                rep.tensors.push(kbb.clone());
+            }
+            rep.kind = if dora.is_some() {
+                "dora".into()
+            } else {
+                "lora".into()
+            };
             rep.r = Some(r);
             rep.alpha = Some(alpha);
             rep.scale = Some(s);
@@ -638,7 +724,13 @@ fn build_layer(
             });
             Ok(Some((layer, rep)))
         }
-        (PeftType::Lora, ModuleKind::Embedding { num_embeddings, dim }) => {
+        (
+            PeftType::Lora,
+            ModuleKind::Embedding {
+                num_embeddings,
+                dim,
+            },
+        ) => {
             if cfg.use_dora {
                 return Err(Error::UnsupportedFeature {
                     field: "use_dora".into(),
@@ -651,7 +743,10 @@ fn build_layer(
             let a = take(got, Role::EmbA, path, ".lora_embedding_A", problems);
             let b = take(got, Role::EmbB, path, ".lora_embedding_B", problems);
             if let Some((k, t)) = a {
-                if t.tensor.dims().len() == 2 && t.tensor.dims()[0] == r && t.tensor.dims()[1] != *num_embeddings {
+                if t.tensor.dims().len() == 2
+                    && t.tensor.dims()[0] == r
+                    && t.tensor.dims()[1] != *num_embeddings
+                {
                     problems.vocab_hint = Some(format!(
                         "`{k}` covers {} tokens but the base's vocabulary has {num_embeddings}: the vocabulary was resized when the adapter was trained",
                         t.tensor.dims()[1]
@@ -659,41 +754,92 @@ fn build_layer(
                 }
                 shape_check(k, t, &[r, *num_embeddings], &rhint, problems);
             }
-            if let Some((k, t)) = b { shape_check(k, t, &[*dim, r], &rhint, problems); }
-            if !ok(problems) { return Ok(None); }
-            let (Some((ka, a)), Some((kb, b))) = (a, b) else { return Ok(None) };
+            if let Some((k, t)) = b {
+                shape_check(k, t, &[*dim, r], &rhint, problems);
+            }
+            if !ok(problems) {
+                return Ok(None);
+            }
+            let (Some((ka, a)), Some((kb, b))) = (a, b) else {
+                return Ok(None);
+            };
             rep.tensors = vec![ka.clone(), kb.clone()];
             rep.kind = "lora-embedding".into();
             rep.r = Some(r);
             rep.alpha = Some(alpha);
             rep.scale = Some(s);
             Ok(Some((
-                ModuleAdapter::LoraEmbedding(LoraEmbedding { a: a.tensor.clone(), b: b.tensor.clone(), r, alpha, scale: s }),
+                ModuleAdapter::LoraEmbedding(LoraEmbedding {
+                    a: a.tensor.clone(),
+                    b: b.tensor.clone(),
+                    r,
+                    alpha,
+                    scale: s,
+                }),
                 rep,
             )))
         }
-        (PeftType::Ia3, ModuleKind::Linear { in_features, out_features, .. }) => {
+        (
+            PeftType::Ia3,
+            ModuleKind::Linear {
+                in_features,
+                out_features,
+                ..
+            },
+        ) => {
             let ff = match &cfg.feedforward_modules {
                 Some(spec) => spec.matches(path),
-                None => match (&cfg.target_modules, default_feedforward(&inventory.model_type)) {
+                None => match (
+                    &cfg.target_modules,
+                    default_feedforward(&inventory.model_type),
+                ) {
                     // PEFT fills feedforward_modules from its table only when target_modules is null too.
-                    (None, Some(d)) => TargetSpec::List(d.into_iter().map(String::from).collect()).matches(path),
+                    (None, Some(d)) => {
+                        TargetSpec::List(d.into_iter().map(String::from).collect()).matches(path)
+                    }
                     _ => false,
                 },
             };
             let l = take(got, Role::Ia3, path, ".ia3_l", problems);
-            let expected = if ff { vec![1, *in_features] } else { vec![*out_features, 1] };
+            let expected = if ff {
+                vec![1, *in_features]
+            } else {
+                vec![*out_features, 1]
+            };
             if let Some((k, t)) = l {
-                let hint = if ff { " (a feed-forward module: IA3 scales its input)" } else { " (IA3 scales this module's output)" };
+                let hint = if ff {
+                    " (a feed-forward module: IA3 scales its input)"
+                } else {
+                    " (IA3 scales this module's output)"
+                };
                 shape_check(k, t, &expected, hint, problems);
             }
-            if !ok(problems) { return Ok(None); }
+            if !ok(problems) {
+                return Ok(None);
+            }
             let Some((kl, l)) = l else { return Ok(None) };
             rep.tensors = vec![kl.clone()];
-            rep.kind = if ff { "ia3 (scales input)".into() } else { "ia3 (scales output)".into() };
-            Ok(Some((ModuleAdapter::Ia3(Ia3 { l: l.tensor.flatten_all()?, feedforward: ff }), rep)))
+            rep.kind = if ff {
+                "ia3 (scales input)".into()
+            } else {
+                "ia3 (scales output)".into()
+            };
+            Ok(Some((
+                ModuleAdapter::Ia3(Ia3 {
+                    l: l.tensor.flatten_all()?,
+                    feedforward: ff,
+                }),
+                rep,
+            )))
         }
-        (PeftType::AdaLora, ModuleKind::Linear { in_features, out_features, .. }) => {
+        (
+            PeftType::AdaLora,
+            ModuleKind::Linear {
+                in_features,
+                out_features,
+                ..
+            },
+        ) => {
             let init_r = cfg.init_r;
             let mask_key = format!("{path}.lora_E");
             let r = cfg
@@ -701,20 +847,38 @@ fn build_layer(
                 .iter()
                 .find(|(k, _)| {
                     let k = strip_prefix(k);
-                    k == mask_key || k.strip_prefix(mask_key.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                    k == mask_key
+                        || k.strip_prefix(mask_key.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
                 })
                 .map(|(_, mask)| mask.iter().filter(|b| **b).count())
                 .unwrap_or(init_r);
-            let hint = format!(" (AdaLoRA rank for this module is {r}: init_r={init_r} reduced by rank_pattern)");
+            let hint = format!(
+                " (AdaLoRA rank for this module is {r}: init_r={init_r} reduced by rank_pattern)"
+            );
             let a = take(got, Role::AdaA, path, ".lora_A", problems);
             let b = take(got, Role::AdaB, path, ".lora_B", problems);
             let e = take(got, Role::AdaE, path, ".lora_E", problems);
-            if let Some((k, t)) = a { shape_check(k, t, &[r, *in_features], &hint, problems); }
-            if let Some((k, t)) = b { shape_check(k, t, &[*out_features, r], &hint, problems); }
-            if let Some((k, t)) = e { shape_check(k, t, &[r, 1], &hint, problems); }
-            if !ok(problems) { return Ok(None); }
-            let (Some((ka, a)), Some((kb, b)), Some((ke, e))) = (a, b, e) else { return Ok(None) };
-            let scaling = if cfg.lora_alpha > 0.0 { cfg.lora_alpha } else { r as f64 };
+            if let Some((k, t)) = a {
+                shape_check(k, t, &[r, *in_features], &hint, problems);
+            }
+            if let Some((k, t)) = b {
+                shape_check(k, t, &[*out_features, r], &hint, problems);
+            }
+            if let Some((k, t)) = e {
+                shape_check(k, t, &[r, 1], &hint, problems);
+            }
+            if !ok(problems) {
+                return Ok(None);
+            }
+            let (Some((ka, a)), Some((kb, b)), Some((ke, e))) = (a, b, e) else {
+                return Ok(None);
+            };
+            let scaling = if cfg.lora_alpha > 0.0 {
+                cfg.lora_alpha
+            } else {
+                r as f64
+            };
             let ranknum = init_r as f64;
             rep.tensors = vec![ka.clone(), kb.clone(), ke.clone()];
             rep.kind = "adalora".into();
@@ -722,7 +886,14 @@ fn build_layer(
             rep.alpha = Some(cfg.lora_alpha);
             rep.scale = Some(scaling / (ranknum + 1e-5));
             Ok(Some((
-                ModuleAdapter::AdaLora(AdaLora { a: a.tensor.clone(), e: e.tensor.clone(), b: b.tensor.clone(), r, scaling, ranknum }),
+                ModuleAdapter::AdaLora(AdaLora {
+                    a: a.tensor.clone(),
+                    e: e.tensor.clone(),
+                    b: b.tensor.clone(),
+                    r,
+                    scaling,
+                    ranknum,
+                }),
                 rep,
             )))
         }

@@ -2,6 +2,12 @@
 //!
 //! No GPU here: this crate is the CPU reference that every other layer is checked against.
 
+// Library code returns typed errors; only tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod adapter;
 pub mod config;
 pub mod error;

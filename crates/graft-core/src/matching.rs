@@ -81,9 +81,10 @@ impl TargetSpec {
     /// Exact name or `.suffix` for lists, full match for regexes.
     pub fn matches(&self, name: &str) -> bool {
         match self {
-            TargetSpec::List(items) => items
-                .iter()
-                .any(|t| name == t || (name.ends_with(t.as_str()) && name[..name.len() - t.len()].ends_with('.'))),
+            TargetSpec::List(items) => items.iter().any(|t| {
+                name == t
+                    || (name.ends_with(t.as_str()) && name[..name.len() - t.len()].ends_with('.'))
+            }),
             TargetSpec::Regex(p) => p.matches(name),
             TargetSpec::AllLinear => false,
         }
@@ -174,7 +175,10 @@ impl ModuleInventory {
 }
 
 /// PEFT's per-architecture `target_modules` defaults (`utils/constants.py`).
-pub fn default_targets(model_type: &str, peft_type: crate::config::PeftType) -> Option<Vec<&'static str>> {
+pub fn default_targets(
+    model_type: &str,
+    peft_type: crate::config::PeftType,
+) -> Option<Vec<&'static str>> {
     use crate::config::PeftType;
     let v: &[&str] = match (peft_type, model_type) {
         (PeftType::Ia3, "llama" | "mistral") => &["k_proj", "v_proj", "down_proj"],

@@ -79,13 +79,23 @@ impl AdapterRegistry {
     pub fn set_adapter(&mut self, names: &[&str]) -> Result<()> {
         self.require_any()?;
         if names.is_empty() {
-            return Err(Error::InvalidConfig("set_adapter needs at least one adapter name".into()));
+            return Err(Error::InvalidConfig(
+                "set_adapter needs at least one adapter name".into(),
+            ));
         }
         let mut idx = Vec::with_capacity(names.len());
-        let missing: Vec<&str> = names.iter().copied().filter(|n| self.index(n).is_none()).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.index(n).is_none())
+            .collect();
         if let Some(first) = missing.first() {
             return Err(Error::AdapterNotFound {
-                name: if missing.len() == 1 { first.to_string() } else { missing.join(", ") },
+                name: if missing.len() == 1 {
+                    first.to_string()
+                } else {
+                    missing.join(", ")
+                },
                 known: self.adapter_names(),
             });
         }
@@ -130,13 +140,21 @@ impl AdapterRegistry {
     /// transformers).
     pub fn active_adapters(&self) -> Result<Vec<String>> {
         self.require_any()?;
-        Ok(self.active.iter().map(|&i| self.adapters[i].name.clone()).collect())
+        Ok(self
+            .active
+            .iter()
+            .map(|&i| self.adapters[i].name.clone())
+            .collect())
     }
 
     /// `delete_adapter(names)`: all names must exist, or nothing is deleted.
     pub fn delete_adapter(&mut self, names: &[&str]) -> Result<()> {
         self.require_any()?;
-        let missing: Vec<&str> = names.iter().copied().filter(|n| self.index(n).is_none()).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.index(n).is_none())
+            .collect();
         if !missing.is_empty() {
             return Err(Error::AdapterNotFound {
                 name: missing.join(", "),
@@ -150,10 +168,7 @@ impl AdapterRegistry {
             .filter(|n| !names.contains(&n.as_str()))
             .collect();
         self.adapters.retain(|a| !names.contains(&a.name.as_str()));
-        self.active = active_names
-            .iter()
-            .filter_map(|n| self.index(n))
-            .collect();
+        self.active = active_names.iter().filter_map(|n| self.index(n)).collect();
         // Like PEFT, fall back to the first remaining adapter when the active one was deleted.
         if self.active.is_empty() && !self.adapters.is_empty() {
             self.active = vec![0];
@@ -181,7 +196,11 @@ impl AdapterRegistry {
         if self.enabled {
             for &a in &self.active {
                 if let Some(p) = self.adapters[a].saved_modules.get(&i) {
-                    return if bias { p.bias.as_ref() } else { p.weight.as_ref() };
+                    return if bias {
+                        p.bias.as_ref()
+                    } else {
+                        p.weight.as_ref()
+                    };
                 }
             }
         }
@@ -201,7 +220,13 @@ impl AdapterRegistry {
     }
 
     /// Runs Linear module `i` (x: (n, in)) with parameter replacements and active adapters.
-    pub fn linear(&self, i: usize, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    pub fn linear(
+        &self,
+        i: usize,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let w = self.param(i, false).unwrap_or(weight);
         let b = match self.param(i, true) {
             Some(b) => Some(b),
@@ -227,7 +252,11 @@ impl AdapterRegistry {
     fn resolve(&self, name: Option<&str>) -> Result<&Adapter> {
         let name = match name {
             Some(n) => n.to_string(),
-            None => self.active_adapters()?.first().cloned().ok_or(Error::NoAdapterLoaded)?,
+            None => self
+                .active_adapters()?
+                .first()
+                .cloned()
+                .ok_or(Error::NoAdapterLoaded)?,
         };
         self.get(&name).ok_or_else(|| Error::AdapterNotFound {
             name,

@@ -118,7 +118,11 @@ fn dtype_to_st(d: DType) -> Dtype {
 pub fn serialize_safetensors(tensors: &BTreeMap<String, LoadedTensor>) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let flat = t.tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let flat = t
+            .tensor
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let bytes: Vec<u8> = match t.dtype {
             DType::F16 => flat
                 .iter()
@@ -128,10 +132,18 @@ pub fn serialize_safetensors(tensors: &BTreeMap<String, LoadedTensor>) -> Result
                 .iter()
                 .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
                 .collect(),
-            DType::F64 => flat.iter().flat_map(|v| f64::from(*v).to_le_bytes()).collect(),
+            DType::F64 => flat
+                .iter()
+                .flat_map(|v| f64::from(*v).to_le_bytes())
+                .collect(),
             _ => flat.iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
-        owned.push((name.clone(), dtype_to_st(t.dtype), t.tensor.dims().to_vec(), bytes));
+        owned.push((
+            name.clone(),
+            dtype_to_st(t.dtype),
+            t.tensor.dims().to_vec(),
+            bytes,
+        ));
     }
     let views = owned
         .iter()
@@ -170,12 +182,27 @@ mod tests {
     fn roundtrip_keeps_dtype_and_values() {
         let mut m = BTreeMap::new();
         let t = Tensor::new(&[[1.5f32, -2.0], [0.25, 3.0]], &Device::Cpu).unwrap();
-        m.insert("a".to_string(), LoadedTensor { tensor: t.clone(), dtype: DType::F32 });
-        m.insert("b".to_string(), LoadedTensor { tensor: t, dtype: DType::BF16 });
+        m.insert(
+            "a".to_string(),
+            LoadedTensor {
+                tensor: t.clone(),
+                dtype: DType::F32,
+            },
+        );
+        m.insert(
+            "b".to_string(),
+            LoadedTensor {
+                tensor: t,
+                dtype: DType::BF16,
+            },
+        );
         let bytes = serialize_safetensors(&m).unwrap();
         let back = parse_safetensors("mem", &bytes).unwrap();
         assert_eq!(back["b"].dtype, DType::BF16);
-        assert_eq!(back["a"].tensor.to_vec2::<f32>().unwrap(), vec![vec![1.5, -2.0], vec![0.25, 3.0]]);
+        assert_eq!(
+            back["a"].tensor.to_vec2::<f32>().unwrap(),
+            vec![vec![1.5, -2.0], vec![0.25, 3.0]]
+        );
     }
 
     #[test]
@@ -183,11 +210,17 @@ mod tests {
         // header length larger than the file
         let mut b = 1_000_000u64.to_le_bytes().to_vec();
         b.extend_from_slice(b"{}");
-        assert!(matches!(parse_safetensors("x", &b), Err(Error::Safetensors { .. })));
+        assert!(matches!(
+            parse_safetensors("x", &b),
+            Err(Error::Safetensors { .. })
+        ));
         // header not JSON
         let mut b = 4u64.to_le_bytes().to_vec();
         b.extend_from_slice(b"nope");
-        assert!(matches!(parse_safetensors("x", &b), Err(Error::Safetensors { .. })));
+        assert!(matches!(
+            parse_safetensors("x", &b),
+            Err(Error::Safetensors { .. })
+        ));
         // truncated below the 8-byte length
         assert!(parse_safetensors("x", &[1, 2, 3]).is_err());
     }

@@ -50,32 +50,92 @@ impl ModuleTable {
         self.params.len() - 1
     }
 
-    pub fn linear(&mut self, w: &WeightStore, path: &str, inp: usize, out: usize, bias: bool) -> Result<usize> {
+    pub fn linear(
+        &mut self,
+        w: &WeightStore,
+        path: &str,
+        inp: usize,
+        out: usize,
+        bias: bool,
+    ) -> Result<usize> {
         let weight = w.get(&format!("{path}.weight"), &[out, inp])?;
-        let bias = if bias { Some(w.get(&format!("{path}.bias"), &[out])?) } else { None };
-        let kind = ModuleKind::Linear { in_features: inp, out_features: out, bias: bias.is_some() };
+        let bias = if bias {
+            Some(w.get(&format!("{path}.bias"), &[out])?)
+        } else {
+            None
+        };
+        let kind = ModuleKind::Linear {
+            in_features: inp,
+            out_features: out,
+            bias: bias.is_some(),
+        };
         Ok(self.push(path, kind, false, BaseParams { weight, bias }))
     }
 
     /// The output head; `tied_to` shares the embedding's weight (as `tie_word_embeddings`).
-    pub fn head(&mut self, w: &WeightStore, path: &str, inp: usize, out: usize, tied_to: Option<usize>) -> Result<usize> {
+    pub fn head(
+        &mut self,
+        w: &WeightStore,
+        path: &str,
+        inp: usize,
+        out: usize,
+        tied_to: Option<usize>,
+    ) -> Result<usize> {
         let weight = match tied_to {
             Some(e) => self.params[e].weight.clone(),
             None => w.get(&format!("{path}.weight"), &[out, inp])?,
         };
-        let kind = ModuleKind::Linear { in_features: inp, out_features: out, bias: false };
+        let kind = ModuleKind::Linear {
+            in_features: inp,
+            out_features: out,
+            bias: false,
+        };
         Ok(self.push(path, kind, true, BaseParams { weight, bias: None }))
     }
 
-    pub fn embedding(&mut self, w: &WeightStore, path: &str, num: usize, dim: usize) -> Result<usize> {
+    pub fn embedding(
+        &mut self,
+        w: &WeightStore,
+        path: &str,
+        num: usize,
+        dim: usize,
+    ) -> Result<usize> {
         let weight = w.get(&format!("{path}.weight"), &[num, dim])?;
-        Ok(self.push(path, ModuleKind::Embedding { num_embeddings: num, dim }, false, BaseParams { weight, bias: None }))
+        Ok(self.push(
+            path,
+            ModuleKind::Embedding {
+                num_embeddings: num,
+                dim,
+            },
+            false,
+            BaseParams { weight, bias: None },
+        ))
     }
 
-    pub fn norm(&mut self, w: &WeightStore, path: &str, dim: usize, bias: bool, eps: f64, rms: bool) -> Result<Norm> {
+    pub fn norm(
+        &mut self,
+        w: &WeightStore,
+        path: &str,
+        dim: usize,
+        bias: bool,
+        eps: f64,
+        rms: bool,
+    ) -> Result<Norm> {
         let weight = w.get(&format!("{path}.weight"), &[dim])?;
-        let bias = if bias { Some(w.get(&format!("{path}.bias"), &[dim])?) } else { None };
-        let id = self.push(path, ModuleKind::Norm { dim, bias: bias.is_some() }, false, BaseParams { weight, bias });
+        let bias = if bias {
+            Some(w.get(&format!("{path}.bias"), &[dim])?)
+        } else {
+            None
+        };
+        let id = self.push(
+            path,
+            ModuleKind::Norm {
+                dim,
+                bias: bias.is_some(),
+            },
+            false,
+            BaseParams { weight, bias },
+        );
         Ok(Norm { id, eps, rms })
     }
 }
@@ -107,7 +167,12 @@ impl Ctx<'_> {
                 .cloned()
                 .unwrap_or_else(|| self.table.params[emb].weight.clone()),
         };
-        Ok(graft_core::adapter::linear_forward(x, &w, None, &self.reg.active_layers(head))?)
+        Ok(graft_core::adapter::linear_forward(
+            x,
+            &w,
+            None,
+            &self.reg.active_layers(head),
+        )?)
     }
 
     pub fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
@@ -141,13 +206,25 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Causal attention for one sequence with a cache: q (H, n, D), k/v (KV, T, D) where the n
 /// queries sit at positions T-n..T. Grouped-query heads share their KV head. Returns (n, H·D).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let (h, n, d) = q.dims3()?;
     let (kvh, t, _) = k.dims3()?;
     let rep = h / kvh;
     let (k, v) = if rep > 1 {
-        let k = k.unsqueeze(1)?.expand((kvh, rep, t, d))?.reshape((h, t, d))?;
-        let v = v.unsqueeze(1)?.expand((kvh, rep, t, d))?.reshape((h, t, d))?;
+        let k = k
+            .unsqueeze(1)?
+            .expand((kvh, rep, t, d))?
+            .reshape((h, t, d))?;
+        let v = v
+            .unsqueeze(1)?
+            .expand((kvh, rep, t, d))?
+            .reshape((h, t, d))?;
         (k, v)
     } else {
         (k.clone(), v.clone())
@@ -159,7 +236,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<
             (0..t).map(move |j| {
                 let qpos = offset + i;
                 let visible = j <= qpos && window.is_none_or(|w| qpos - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
+                if visible {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
             })
         })
         .collect();

@@ -5,12 +5,13 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 fn get_usize(c: &Value, k: &str) -> Result<usize> {
-    let v = c
-        .get(k)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| Error::BadModelConfig(format!("`{k}` is missing or not a positive integer")))?;
+    let v = c.get(k).and_then(Value::as_u64).ok_or_else(|| {
+        Error::BadModelConfig(format!("`{k}` is missing or not a positive integer"))
+    })?;
     if v == 0 || v > 1 << 24 {
-        return Err(Error::BadModelConfig(format!("`{k}` = {v} is out of range")));
+        return Err(Error::BadModelConfig(format!(
+            "`{k}` = {v} is out of range"
+        )));
     }
     Ok(v as usize)
 }
@@ -73,7 +74,8 @@ impl LlamaConfig {
     pub fn from_json(c: &Value) -> Result<Self> {
         let hidden_size = get_usize(c, "hidden_size")?;
         let num_attention_heads = get_usize(c, "num_attention_heads")?;
-        let num_key_value_heads = opt_usize(c, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            opt_usize(c, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(Error::BadModelConfig(format!(
                 "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
@@ -81,11 +83,18 @@ impl LlamaConfig {
         }
         let head_dim = opt_usize(c, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
         if head_dim % 2 != 0 {
-            return Err(Error::BadModelConfig(format!("head_dim {head_dim} must be even for RoPE")));
+            return Err(Error::BadModelConfig(format!(
+                "head_dim {head_dim} must be even for RoPE"
+            )));
         }
-        let act = c.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        let act = c
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
         if act != "silu" {
-            return Err(Error::BadModelConfig(format!("hidden_act `{act}` is not supported (silu only)")));
+            return Err(Error::BadModelConfig(format!(
+                "hidden_act `{act}` is not supported (silu only)"
+            )));
         }
         let rope_scaling = match c.get("rope_scaling") {
             None | Some(Value::Null) => RopeScaling::None,
@@ -102,7 +111,11 @@ impl LlamaConfig {
                         factor: get_f64(s, "factor", 8.0)?,
                         low_freq_factor: get_f64(s, "low_freq_factor", 1.0)?,
                         high_freq_factor: get_f64(s, "high_freq_factor", 4.0)?,
-                        original_max_position_embeddings: get_f64(s, "original_max_position_embeddings", 8192.0)?,
+                        original_max_position_embeddings: get_f64(
+                            s,
+                            "original_max_position_embeddings",
+                            8192.0,
+                        )?,
                     },
                     other => {
                         return Err(Error::BadModelConfig(format!(
@@ -162,9 +175,15 @@ impl OptConfig {
         let hidden_size = get_usize(c, "hidden_size")?;
         let num_attention_heads = get_usize(c, "num_attention_heads")?;
         if hidden_size % num_attention_heads != 0 {
-            return Err(Error::BadModelConfig("hidden_size must be a multiple of num_attention_heads".into()));
+            return Err(Error::BadModelConfig(
+                "hidden_size must be a multiple of num_attention_heads".into(),
+            ));
         }
-        let activation = match c.get("activation_function").and_then(Value::as_str).unwrap_or("relu") {
+        let activation = match c
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("relu")
+        {
             "relu" => Activation::Relu,
             "gelu" => Activation::Gelu,
             other => {

@@ -1,6 +1,12 @@
 //! graft-models: Llama-family and OPT architectures on candle-core CPU tensors, with PEFT
 //! adapters injected through `graft-core`'s registry.
 
+// Library code returns typed errors; only tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod base;
 pub mod error;
 pub mod hf_config;

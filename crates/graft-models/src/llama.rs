@@ -39,24 +39,92 @@ impl Llama {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let ab = cfg.attention_bias;
-            let input_norm = t.norm(w, &format!("{p}.input_layernorm"), h, false, cfg.rms_norm_eps, true)?;
-            let q = t.linear(w, &format!("{p}.self_attn.q_proj"), h, cfg.num_attention_heads * hd, ab)?;
-            let k = t.linear(w, &format!("{p}.self_attn.k_proj"), h, cfg.num_key_value_heads * hd, ab)?;
-            let v = t.linear(w, &format!("{p}.self_attn.v_proj"), h, cfg.num_key_value_heads * hd, ab)?;
-            let o = t.linear(w, &format!("{p}.self_attn.o_proj"), cfg.num_attention_heads * hd, h, ab)?;
-            let post_norm = t.norm(w, &format!("{p}.post_attention_layernorm"), h, false, cfg.rms_norm_eps, true)?;
+            let input_norm = t.norm(
+                w,
+                &format!("{p}.input_layernorm"),
+                h,
+                false,
+                cfg.rms_norm_eps,
+                true,
+            )?;
+            let q = t.linear(
+                w,
+                &format!("{p}.self_attn.q_proj"),
+                h,
+                cfg.num_attention_heads * hd,
+                ab,
+            )?;
+            let k = t.linear(
+                w,
+                &format!("{p}.self_attn.k_proj"),
+                h,
+                cfg.num_key_value_heads * hd,
+                ab,
+            )?;
+            let v = t.linear(
+                w,
+                &format!("{p}.self_attn.v_proj"),
+                h,
+                cfg.num_key_value_heads * hd,
+                ab,
+            )?;
+            let o = t.linear(
+                w,
+                &format!("{p}.self_attn.o_proj"),
+                cfg.num_attention_heads * hd,
+                h,
+                ab,
+            )?;
+            let post_norm = t.norm(
+                w,
+                &format!("{p}.post_attention_layernorm"),
+                h,
+                false,
+                cfg.rms_norm_eps,
+                true,
+            )?;
             let mb = cfg.mlp_bias;
-            let gate = t.linear(w, &format!("{p}.mlp.gate_proj"), h, cfg.intermediate_size, mb)?;
+            let gate = t.linear(
+                w,
+                &format!("{p}.mlp.gate_proj"),
+                h,
+                cfg.intermediate_size,
+                mb,
+            )?;
             let up = t.linear(w, &format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, mb)?;
-            let down = t.linear(w, &format!("{p}.mlp.down_proj"), cfg.intermediate_size, h, mb)?;
-            layers.push(Layer { input_norm, q, k, v, o, post_norm, gate, up, down });
+            let down = t.linear(
+                w,
+                &format!("{p}.mlp.down_proj"),
+                cfg.intermediate_size,
+                h,
+                mb,
+            )?;
+            layers.push(Layer {
+                input_norm,
+                q,
+                k,
+                v,
+                o,
+                post_norm,
+                gate,
+                up,
+                down,
+            });
         }
         let norm = t.norm(w, "model.norm", h, false, cfg.rms_norm_eps, true)?;
         // A tied checkpoint has no lm_head.weight; an untied one must have it.
         let tied = cfg.tie_word_embeddings;
         let head = t.head(w, "lm_head", h, cfg.vocab_size, tied.then_some(embed))?;
         let inv_freq = rope_inv_freq(&cfg);
-        Ok(Llama { cfg, embed, layers, norm, head, tied, inv_freq })
+        Ok(Llama {
+            cfg,
+            embed,
+            layers,
+            norm,
+            head,
+            tied,
+            inv_freq,
+        })
     }
 
     /// Rotary embeddings in Hugging Face's rotate-half layout, for positions p0..p0+n.
@@ -92,9 +160,21 @@ impl Llama {
         let mut x = ctx.embedding(self.embed, ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             let h = ctx.norm(l.input_norm, &x)?;
-            let q = ctx.linear(l.q, &h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
-            let k = ctx.linear(l.k, &h)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
-            let v = ctx.linear(l.v, &h)?.reshape((n, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let q = ctx
+                .linear(l.q, &h)?
+                .reshape((n, nh, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let k = ctx
+                .linear(l.k, &h)?
+                .reshape((n, nkv, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let v = ctx
+                .linear(l.v, &h)?
+                .reshape((n, nkv, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
             let q = self.rope(&q, p0)?;
             let k = self.rope(&k, p0)?;
             let (k, v) = cache.append(li, k, v)?;
@@ -123,7 +203,12 @@ fn rope_inv_freq(c: &LlamaConfig) -> Vec<f32> {
     let scaled: Vec<f64> = match c.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear(f) => base.iter().map(|x| x / f).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             let low_wl = original_max_position_embeddings / low_freq_factor;
             let high_wl = original_max_position_embeddings / high_freq_factor;
             base.iter()

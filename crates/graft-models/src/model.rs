@@ -79,7 +79,8 @@ pub struct Model {
 
 fn read_json(path: &Path) -> Result<Value> {
     let bytes = read_file(path, 16 << 20)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::BadModelConfig(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadModelConfig(format!("{}: {e}", path.display())))
 }
 
 impl Model {
@@ -87,7 +88,9 @@ impl Model {
     pub fn open_base(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
-            return Err(Error::NoModelConfig { dir: dir.display().to_string() });
+            return Err(Error::NoModelConfig {
+                dir: dir.display().to_string(),
+            });
         }
         let cfg = read_json(&cfg_path)?;
         let weights = WeightStore::open(dir)?;
@@ -96,7 +99,11 @@ impl Model {
 
     /// Builds a model from a parsed `config.json` and its weights.
     pub fn from_parts(cfg: &Value, weights: &WeightStore, name_or_path: String) -> Result<Self> {
-        let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        let model_type = cfg
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let mut table = ModuleTable::new(&model_type);
         let (arch, vocab_size, max_positions) = match model_type.as_str() {
             "llama" | "mistral" => {
@@ -112,7 +119,14 @@ impl Model {
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         let registry = AdapterRegistry::new(table.inventory.clone());
-        Ok(Model { arch, table, registry, name_or_path, vocab_size, max_positions })
+        Ok(Model {
+            arch,
+            table,
+            registry,
+            name_or_path,
+            vocab_size,
+            max_positions,
+        })
     }
 
     /// `AutoModelForCausalLM.from_pretrained(path)`: a model folder, or an adapter folder whose
@@ -134,7 +148,12 @@ impl Model {
 
     /// The module paths of the base (`named_modules()`), for messages and `inspect`.
     pub fn module_paths(&self) -> Vec<String> {
-        self.table.inventory.modules.iter().map(|m| m.path.clone()).collect()
+        self.table
+            .inventory
+            .modules
+            .iter()
+            .map(|m| m.path.clone())
+            .collect()
     }
 
     /// `load_adapter(path, adapter_name=…)`. Returns the load report.
@@ -150,7 +169,10 @@ impl Model {
         state: BTreeMap<String, LoadedTensor>,
         opts: LoadAdapterOptions,
     ) -> Result<LoadReport> {
-        let name = opts.adapter_name.clone().unwrap_or_else(|| "default".into());
+        let name = opts
+            .adapter_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
         if self.registry.get(&name).is_some() {
             return Err(graft_core::Error::AdapterExists(name).into());
         }
@@ -165,9 +187,19 @@ impl Model {
             }
         }
         let table = &self.table;
-        let base_weight = |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
-        let inject = InjectOptions { allow_partial: opts.allow_partial };
-        let mut adapter = build_adapter(&name, config, state, &table.inventory, &base_weight, &inject)?;
+        let base_weight =
+            |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+        let inject = InjectOptions {
+            allow_partial: opts.allow_partial,
+        };
+        let mut adapter = build_adapter(
+            &name,
+            config,
+            state,
+            &table.inventory,
+            &base_weight,
+            &inject,
+        )?;
         adapter.report.warnings.extend(warnings);
         let report = adapter.report.clone();
         self.registry.insert(adapter, false)?;
@@ -176,20 +208,40 @@ impl Model {
 
     /// `add_adapter(config, adapter_name)`: a fresh adapter, initialised as PEFT does, and made
     /// active (as transformers does).
-    pub fn add_adapter(&mut self, mut config: AdapterConfig, adapter_name: Option<&str>, seed: u64) -> Result<LoadReport> {
+    pub fn add_adapter(
+        &mut self,
+        mut config: AdapterConfig,
+        adapter_name: Option<&str>,
+        seed: u64,
+    ) -> Result<LoadReport> {
         let name = adapter_name.unwrap_or("default").to_string();
         if self.registry.get(&name).is_some() {
             return Err(graft_core::Error::AdapterExists(name).into());
         }
-        config.set_field("base_model_name_or_path", Value::String(self.name_or_path.clone()));
+        config.set_field(
+            "base_model_name_or_path",
+            Value::String(self.name_or_path.clone()),
+        );
         let table = &self.table;
         let base_param = |i: usize, p: &str| -> graft_core::Result<Option<Tensor>> {
             let bp = &table.params[i];
-            Ok(if p == "weight" { Some(bp.weight.clone()) } else { bp.bias.clone() })
+            Ok(if p == "weight" {
+                Some(bp.weight.clone())
+            } else {
+                bp.bias.clone()
+            })
         };
         let state = graft_core::init::fresh_state(&config, &table.inventory, &base_param, seed)?;
-        let base_weight = |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
-        let adapter = build_adapter(&name, config, state, &table.inventory, &base_weight, &InjectOptions::default())?;
+        let base_weight =
+            |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+        let adapter = build_adapter(
+            &name,
+            config,
+            state,
+            &table.inventory,
+            &base_weight,
+            &InjectOptions::default(),
+        )?;
         let report = adapter.report.clone();
         self.registry.insert(adapter, true)?;
         Ok(report)
@@ -211,7 +263,10 @@ impl Model {
         Ok(self.registry.active_adapters()?)
     }
 
-    pub fn get_adapter_state_dict(&self, name: Option<&str>) -> Result<BTreeMap<String, LoadedTensor>> {
+    pub fn get_adapter_state_dict(
+        &self,
+        name: Option<&str>,
+    ) -> Result<BTreeMap<String, LoadedTensor>> {
         Ok(self.registry.state_dict(name)?)
     }
 
@@ -221,17 +276,29 @@ impl Model {
 
     /// `save_pretrained(dir)`: the adapters, as PEFT writes them.
     pub fn save_pretrained(&self, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
-        Ok(self.registry.save_pretrained(dir, names, Some(&self.name_or_path))?)
+        Ok(self
+            .registry
+            .save_pretrained(dir, names, Some(&self.name_or_path))?)
     }
 
     fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<Tensor> {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab: self.vocab_size });
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab: self.vocab_size,
+            });
         }
         if cache.len + tokens.len() > self.max_positions {
-            return Err(Error::TooLong { len: cache.len + tokens.len(), max: self.max_positions });
+            return Err(Error::TooLong {
+                len: cache.len + tokens.len(),
+                max: self.max_positions,
+            });
         }
-        Ok(Tensor::from_vec(tokens.to_vec(), tokens.len(), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            tokens.to_vec(),
+            tokens.len(),
+            &Device::Cpu,
+        )?)
     }
 
     /// One forward pass over `tokens` after what `cache` holds; logits (n, vocab).
@@ -240,7 +307,10 @@ impl Model {
             return Err(Error::BaseModel("no tokens to run".into()));
         }
         let ids = self.check_tokens(tokens, cache)?;
-        let ctx = Ctx { table: &self.table, reg: &self.registry };
+        let ctx = Ctx {
+            table: &self.table,
+            reg: &self.registry,
+        };
         match &self.arch {
             Arch::Llama(m) => m.forward(&ctx, &ids, cache),
             Arch::Opt(m) => m.forward(&ctx, &ids, cache),
@@ -285,7 +355,9 @@ impl Model {
             if let Ok(v) = read_json(&dir.join(f)) {
                 match v.get("eos_token_id") {
                     Some(Value::Number(n)) => ids.extend(n.as_u64().map(|x| x as u32)),
-                    Some(Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+                    Some(Value::Array(a)) => {
+                        ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+                    }
                     _ => {}
                 }
                 if !ids.is_empty() {
@@ -313,7 +385,10 @@ fn same_base(a: &str, b: &str) -> bool {
     }
     match (Path::new(a).canonicalize(), Path::new(b).canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
-        _ => Path::new(a).file_name() == Path::new(b).file_name() && Path::new(a).file_name().is_some(),
+        _ => {
+            Path::new(a).file_name() == Path::new(b).file_name()
+                && Path::new(a).file_name().is_some()
+        }
     }
 }
 

@@ -42,7 +42,12 @@ impl Opt {
         let p = "model.decoder";
         let eps = 1e-5;
         let embed = t.embedding(w, &format!("{p}.embed_tokens"), cfg.vocab_size, e)?;
-        let positions = t.embedding(w, &format!("{p}.embed_positions"), cfg.max_position_embeddings + POSITION_OFFSET, h)?;
+        let positions = t.embedding(
+            w,
+            &format!("{p}.embed_positions"),
+            cfg.max_position_embeddings + POSITION_OFFSET,
+            h,
+        )?;
         let (project_in, project_out) = if e != h {
             (
                 Some(t.linear(w, &format!("{p}.project_in"), e, h, false)?),
@@ -53,7 +58,9 @@ impl Opt {
         };
         let affine = cfg.layer_norm_elementwise_affine;
         if !affine {
-            return Err(crate::Error::BadModelConfig("layer_norm_elementwise_affine=false is not supported".into()));
+            return Err(crate::Error::BadModelConfig(
+                "layer_norm_elementwise_affine=false is not supported".into(),
+            ));
         }
         let final_norm = if cfg.do_layer_norm_before && !cfg.remove_final_layer_norm {
             Some(t.norm(w, &format!("{p}.final_layer_norm"), h, true, eps, false)?)
@@ -69,7 +76,14 @@ impl Opt {
                 v: t.linear(w, &format!("{lp}.self_attn.v_proj"), h, h, b)?,
                 q: t.linear(w, &format!("{lp}.self_attn.q_proj"), h, h, b)?,
                 out: t.linear(w, &format!("{lp}.self_attn.out_proj"), h, h, b)?,
-                attn_norm: t.norm(w, &format!("{lp}.self_attn_layer_norm"), h, true, eps, false)?,
+                attn_norm: t.norm(
+                    w,
+                    &format!("{lp}.self_attn_layer_norm"),
+                    h,
+                    true,
+                    eps,
+                    false,
+                )?,
                 fc1: t.linear(w, &format!("{lp}.fc1"), h, cfg.ffn_dim, b)?,
                 fc2: t.linear(w, &format!("{lp}.fc2"), cfg.ffn_dim, h, b)?,
                 final_norm: t.norm(w, &format!("{lp}.final_layer_norm"), h, true, eps, false)?,
@@ -77,7 +91,17 @@ impl Opt {
         }
         let tied = cfg.tie_word_embeddings;
         let head = t.head(w, "lm_head", e, cfg.vocab_size, tied.then_some(embed))?;
-        Ok(Opt { cfg, embed, positions, project_in, project_out, final_norm, layers, head, tied })
+        Ok(Opt {
+            cfg,
+            embed,
+            positions,
+            project_in,
+            project_out,
+            final_norm,
+            layers,
+            head,
+            tied,
+        })
     }
 
     pub fn forward(&self, ctx: &Ctx, ids: &Tensor, cache: &mut crate::KvCache) -> Result<Tensor> {
@@ -96,10 +120,26 @@ impl Opt {
         let pre = c.do_layer_norm_before;
         for (li, l) in self.layers.iter().enumerate() {
             let residual = x.clone();
-            let h = if pre { ctx.norm(l.attn_norm, &x)? } else { x.clone() };
-            let q = ctx.linear(l.q, &h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
-            let k = ctx.linear(l.k, &h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
-            let v = ctx.linear(l.v, &h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?;
+            let h = if pre {
+                ctx.norm(l.attn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            let q = ctx
+                .linear(l.q, &h)?
+                .reshape((n, nh, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let k = ctx
+                .linear(l.k, &h)?
+                .reshape((n, nh, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let v = ctx
+                .linear(l.v, &h)?
+                .reshape((n, nh, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
             let (k, v) = cache.append(li, k, v)?;
             let a = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), None)?;
             x = (residual + ctx.linear(l.out, &a)?)?;
@@ -107,7 +147,11 @@ impl Opt {
                 x = ctx.norm(l.attn_norm, &x)?;
             }
             let residual = x.clone();
-            let h = if pre { ctx.norm(l.final_norm, &x)? } else { x.clone() };
+            let h = if pre {
+                ctx.norm(l.final_norm, &x)?
+            } else {
+                x.clone()
+            };
             let h = ctx.linear(l.fc1, &h)?;
             let h = match c.activation {
                 Activation::Relu => h.relu()?,

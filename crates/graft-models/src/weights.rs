@@ -32,9 +32,12 @@ impl WeightStore {
             let bytes = read_file(&index, 64 << 20)?;
             let v: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::BadModelConfig(format!("{}: {e}", index.display())))?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-                Error::BadModelConfig(format!("{}: no `weight_map` object", index.display()))
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    Error::BadModelConfig(format!("{}: no `weight_map` object", index.display()))
+                })?;
             let mut shards = BTreeSet::new();
             for f in map.values() {
                 let f = f.as_str().ok_or_else(|| {
@@ -42,7 +45,9 @@ impl WeightStore {
                 })?;
                 // The index is input too: shard names must stay inside the folder.
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') || f.is_empty() {
-                    return Err(Error::BadModelConfig(format!("shard name `{f}` is not a plain file name")));
+                    return Err(Error::BadModelConfig(format!(
+                        "shard name `{f}` is not a plain file name"
+                    )));
                 }
                 shards.insert(f.to_string());
             }
@@ -57,7 +62,10 @@ impl WeightStore {
             } else {
                 String::new()
             };
-            return Err(Error::NoWeights { dir: dir.display().to_string(), hint });
+            return Err(Error::NoWeights {
+                dir: dir.display().to_string(),
+                hint,
+            });
         }
         Ok(WeightStore { tensors })
     }
@@ -67,7 +75,10 @@ impl WeightStore {
         let t = self
             .tensors
             .get(name)
-            .or_else(|| name.strip_prefix("model.").and_then(|n| self.tensors.get(n)))
+            .or_else(|| {
+                name.strip_prefix("model.")
+                    .and_then(|n| self.tensors.get(n))
+            })
             .ok_or_else(|| Error::MissingWeight { name: name.into() })?;
         if t.dims() != shape {
             return Err(Error::WeightShape {
@@ -81,6 +92,8 @@ impl WeightStore {
 
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
-            || name.strip_prefix("model.").is_some_and(|n| self.tensors.contains_key(n))
+            || name
+                .strip_prefix("model.")
+                .is_some_and(|n| self.tensors.contains_key(n))
     }
 }
