@@ -228,8 +228,15 @@ fn is_set(fields: &Map<String, Value>, key: &str) -> bool {
 impl AdapterConfig {
     /// Parses `adapter_config.json` text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| Error::ConfigNotJson(e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            let line = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("").trim();
+            let hint = if line.contains("NaN") || line.contains("Infinity") {
+                " — NaN and Infinity are not JSON (Python's json writes them for non-finite floats) and are not valid values here"
+            } else {
+                ""
+            };
+            Error::ConfigNotJson(format!("{e}: `{line}`{hint}"))
+        })?;
         let Value::Object(map) = value else {
             return Err(Error::ConfigNotJson(
                 "the top level is not an object".into(),

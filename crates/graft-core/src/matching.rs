@@ -386,3 +386,92 @@ mod tests {
         assert!(Matcher::new(&c, "unknown-arch").is_err());
     }
 }
+
+/// PEFT applies this to `target_modules` lists of 20 or more entries (not for IA3).
+pub const MIN_TARGET_MODULES_FOR_OPTIMIZATION: usize = 20;
+
+/// PEFT's `_find_minimal_target_modules`: the fewest suffixes that select exactly `targets`
+/// among all module names (containers included, as `named_modules()` lists them).
+pub fn minimal_target_modules(targets: &[String], inventory: &ModuleInventory) -> Vec<String> {
+    use std::collections::BTreeSet;
+    fn suffixes(s: &str) -> Vec<String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        // shortest first
+        (0..parts.len())
+            .rev()
+            .map(|i| parts[i..].join("."))
+            .collect()
+    }
+    let target_set: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for m in &inventory.modules {
+        let parts: Vec<&str> = m.path.split('.').collect();
+        for i in 1..=parts.len() {
+            names.insert(parts[..i].join("."));
+        }
+    }
+    let dotted: Vec<String> = targets.iter().map(|t| format!(".{t}")).collect();
+    let others: BTreeSet<String> = names
+        .iter()
+        .filter(|n| {
+            !target_set.contains(n.as_str()) && !dotted.iter().any(|d| n.ends_with(d.as_str()))
+        })
+        .flat_map(|n| suffixes(n))
+        .collect();
+    let mut items: Vec<(Vec<String>, &str)> =
+        target_set.iter().map(|t| (suffixes(t), *t)).collect();
+    items.sort();
+    let mut required: BTreeSet<String> = BTreeSet::new();
+    for (sufs, item) in items {
+        for s in sufs {
+            if required.contains(&s) || others.contains(&s) {
+                continue;
+            }
+            if !required.iter().any(|r| item.ends_with(&format!(".{r}"))) {
+                required.insert(s);
+                break;
+            }
+        }
+    }
+    if required.is_empty() {
+        target_set.into_iter().map(String::from).collect()
+    } else {
+        required.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod minimal_tests {
+    use super::*;
+
+    #[test]
+    fn condenses_like_peft() {
+        let mut modules = Vec::new();
+        let mut targets = Vec::new();
+        for i in 0..12 {
+            for p in ["q_proj", "v_proj", "k_proj"] {
+                let path = format!("model.layers.{i}.self_attn.{p}");
+                if p != "k_proj" {
+                    targets.push(path.clone());
+                }
+                modules.push(ModuleInfo {
+                    path,
+                    kind: ModuleKind::Linear {
+                        in_features: 1,
+                        out_features: 1,
+                        bias: false,
+                    },
+                    is_output_head: false,
+                });
+            }
+        }
+        let inv = ModuleInventory {
+            model_type: "llama".into(),
+            modules,
+        };
+        assert_eq!(
+            minimal_target_modules(&targets, &inv),
+            vec!["q_proj".to_string(), "v_proj".to_string()]
+        );
+    }
+}

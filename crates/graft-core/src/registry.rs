@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::adapter::{embedding_forward, linear_forward, ModuleAdapter};
 use crate::error::{Error, Result};
 use crate::inject::{Adapter, PEFT_PREFIX};
-use crate::matching::{ModuleInventory, TargetSpec};
+use crate::matching::{
+    minimal_target_modules, ModuleInventory, TargetSpec, MIN_TARGET_MODULES_FOR_OPTIMIZATION,
+};
 use crate::tensors::{serialize_safetensors, LoadedTensor};
 
 /// Adapters on one model.
@@ -300,6 +302,12 @@ impl AdapterRegistry {
                     .map(|&i| self.inventory.modules[i].path.clone())
                     .collect();
                 paths.sort();
+                // Long lists are condensed to suffixes, as PEFT does at injection.
+                if paths.len() >= MIN_TARGET_MODULES_FOR_OPTIMIZATION
+                    && cfg.peft_type != crate::config::PeftType::Ia3
+                {
+                    paths = minimal_target_modules(&paths, &self.inventory);
+                }
                 cfg.set_field(
                     "target_modules",
                     Value::Array(paths.into_iter().map(Value::String).collect()),

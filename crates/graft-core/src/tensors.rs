@@ -86,6 +86,7 @@ fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<(Vec<f32>, DType)> {
 /// The `safetensors` crate bounds the header (100 MB), checks that it is JSON, that offsets are
 /// in range, contiguous and non-overlapping, and that each byte length equals shape × dtype.
 pub fn parse_safetensors(label: &str, bytes: &[u8]) -> Result<BTreeMap<String, LoadedTensor>> {
+    precheck_header(label, bytes)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         path: label.into(),
         reason: e.to_string(),
@@ -97,6 +98,120 @@ pub fn parse_safetensors(label: &str, bytes: &[u8]) -> Result<BTreeMap<String, L
         out.insert(name, LoadedTensor { tensor, dtype });
     }
     Ok(out)
+}
+
+/// Largest header we accept (the safetensors crate's own limit).
+const MAX_HEADER: u64 = 100 << 20;
+/// Largest rank and dimension we accept: far beyond any real tensor, small enough that no
+/// shape or stride computation can overflow.
+const MAX_RANK: usize = 8;
+const MAX_DIM: u64 = 1 << 32;
+
+/// Validates the header before the `safetensors` crate sees it, so that every problem names the
+/// tensor, and no dimension can overflow later shape arithmetic (even for zero-element tensors).
+fn precheck_header(label: &str, bytes: &[u8]) -> Result<()> {
+    let err = |reason: String| Error::Safetensors {
+        path: label.into(),
+        reason,
+    };
+    if bytes.len() < 8 {
+        return Err(err(format!(
+            "file is {} bytes, too short for a header",
+            bytes.len()
+        )));
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(n8);
+    let avail = bytes.len() as u64 - 8;
+    if n > MAX_HEADER {
+        return Err(err(format!(
+            "header length {n} exceeds the {MAX_HEADER}-byte limit"
+        )));
+    }
+    if n > avail {
+        return Err(err(format!("header length {n} is past the end of the file ({avail} bytes after the length); the file is truncated or corrupt")));
+    }
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n as usize])
+        .map_err(|e| err(format!("header is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(entries) = header else {
+        return Err(err("header is not a JSON object".into()));
+    };
+    let data_len = avail - n;
+    let mut spans: Vec<(u64, u64, &str)> = Vec::new();
+    for (name, info) in &entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let terr = |what: String| err(format!("tensor `{name}`: {what}"));
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| terr("no dtype".into()))?;
+        let size: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            other => return Err(terr(format!("unknown dtype {other}"))),
+        };
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| terr("no shape".into()))?;
+        if shape.len() > MAX_RANK {
+            return Err(terr(format!(
+                "rank {} is more than {MAX_RANK}",
+                shape.len()
+            )));
+        }
+        let mut numel: u64 = 1;
+        let mut dims = Vec::with_capacity(shape.len());
+        for d in shape {
+            let d = d
+                .as_u64()
+                .filter(|d| *d <= MAX_DIM)
+                .ok_or_else(|| terr(format!("dimension {d} is not an integer up to {MAX_DIM}")))?;
+            dims.push(d);
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| terr("element count overflows".into()))?;
+        }
+        let nbytes = numel
+            .checked_mul(size)
+            .ok_or_else(|| terr("byte size overflows".into()))?;
+        let offs = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| terr("data_offsets must be [begin, end]".into()))?;
+        let (b, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
+            (Some(b), Some(e)) => (b, e),
+            _ => return Err(terr("data_offsets must be integers".into())),
+        };
+        if b > e || e > data_len {
+            return Err(terr(format!(
+                "data_offsets [{b}, {e}] are out of range (data section is {data_len} bytes)"
+            )));
+        }
+        if e - b != nbytes {
+            return Err(terr(format!(
+                "shape {dims:?} of {dtype} needs {nbytes} bytes but data_offsets span {}",
+                e - b
+            )));
+        }
+        spans.push((b, e, name));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(err(format!(
+                "tensors `{}` and `{}` overlap",
+                w[0].2, w[1].2
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a safetensors file.
