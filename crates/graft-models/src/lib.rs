@@ -9,6 +9,7 @@
 
 pub mod base;
 pub mod error;
+pub mod gguf;
 pub mod hf_config;
 pub mod llama;
 pub mod model;
