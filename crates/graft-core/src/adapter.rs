@@ -106,9 +106,33 @@ impl Dora {
     }
 }
 
+/// A base weight matrix (out, in) as adapters see it: dense here, quantized in other crates.
+pub trait WeightMatrix: Sync {
+    /// x (n, in) · Wᵀ → (n, out).
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor>;
+    /// Rows `ids` of the matrix → (n, in): an embedding lookup.
+    fn rows(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The whole matrix in f32 (DoRA's weight norm at load).
+    fn dense(&self) -> Result<Tensor>;
+}
+
+impl WeightMatrix for Tensor {
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.t()?)?)
+    }
+
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.index_select(&ids.to_dtype(DType::U32)?, 0)?)
+    }
+
+    fn dense(&self) -> Result<Tensor> {
+        Ok(self.clone())
+    }
+}
+
 /// `x Wᵀ (+ b)` for x (n, in), W (out, in).
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&weight.t()?)?;
+pub fn linear(x: &Tensor, weight: &dyn WeightMatrix, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = weight.matmul_t(x)?;
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -120,7 +144,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// to the running result (DoRA uses the running result without the bias).
 pub fn linear_forward(
     x: &Tensor,
-    weight: &Tensor,
+    weight: &dyn WeightMatrix,
     bias: Option<&Tensor>,
     active: &[&ModuleAdapter],
 ) -> Result<Tensor> {
@@ -185,11 +209,11 @@ pub fn linear_forward(
 /// Runs an Embedding with the given active LoRA embedding layers: `E[ids] + Σ s·Aᵀ[ids]·Bᵀ`.
 pub fn embedding_forward(
     ids: &Tensor,
-    table: &Tensor,
+    table: &dyn WeightMatrix,
     active: &[&ModuleAdapter],
 ) -> Result<Tensor> {
     let ids = ids.to_dtype(DType::U32)?;
-    let mut result = table.index_select(&ids, 0)?;
+    let mut result = table.rows(&ids)?;
     for a in active {
         if let ModuleAdapter::LoraEmbedding(e) = a {
             let after_a = e.a.t()?.contiguous()?.index_select(&ids, 0)?; // (n, r)

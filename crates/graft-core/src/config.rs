@@ -545,6 +545,44 @@ impl AdapterConfig {
         self.fields.insert(key.to_string(), value);
     }
 
+    /// Fills a null `target_modules` (and IA3's `feedforward_modules`) from PEFT's
+    /// per-architecture tables, as PEFT's `_prepare_adapter_config` does; the filled-in lists
+    /// are what a saved config then holds.
+    pub fn resolve_defaults(&mut self, model_type: &str) -> Result<()> {
+        let list =
+            |v: Vec<&str>| Value::Array(v.into_iter().map(|s| Value::String(s.into())).collect());
+        if self.target_modules.is_none() {
+            let d = crate::matching::default_targets(model_type, self.peft_type).ok_or_else(|| {
+                bad(format!(
+                    "`target_modules` is null and PEFT has no default for model type `{model_type}`; please specify `target_modules` in the config"
+                ))
+            })?;
+            self.target_modules = Some(TargetSpec::List(d.iter().map(|s| s.to_string()).collect()));
+            self.fields.insert("target_modules".into(), list(d));
+        }
+        if self.peft_type == PeftType::Ia3 && self.feedforward_modules.is_none() {
+            let d = crate::matching::default_feedforward(model_type).ok_or_else(|| {
+                bad(format!(
+                    "Please specify `feedforward_modules` in `peft_config` (PEFT has no default for model type `{model_type}`)"
+                ))
+            })?;
+            self.feedforward_modules =
+                Some(TargetSpec::List(d.iter().map(|s| s.to_string()).collect()));
+            self.fields.insert("feedforward_modules".into(), list(d));
+        }
+        Ok(())
+    }
+
+    /// PEFT's `_check_target_module_feedforward`: regex full match, or a plain `str.endswith`
+    /// for lists (no dot required).
+    pub fn is_feedforward(&self, module: &str) -> bool {
+        match &self.feedforward_modules {
+            Some(TargetSpec::List(items)) => items.iter().any(|f| module.ends_with(f.as_str())),
+            Some(spec) => spec.matches(module),
+            None => false,
+        }
+    }
+
     /// LoRA scale for a module: alpha/r, or alpha/sqrt(r) with rsLoRA, with r and alpha from the
     /// patterns (first matching key wins).
     pub fn rank_and_alpha(&self, module: &str) -> (usize, f64) {

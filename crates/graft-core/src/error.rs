@@ -79,6 +79,8 @@ pub enum Error {
     #[error("invalid adapter name `{name}`: {why}")]
     BadAdapterName { name: String, why: String },
 
+    #[error("base weight: {0}")]
+    Weight(String),
     #[error("tensor math failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -27,6 +27,12 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     let path = dir.join("adapter_config.json");
     if !path.is_file() {
+        let bin = dir.join("adapter_model.bin");
+        if bin.is_file() {
+            return Err(Error::PickleNotSupported {
+                path: bin.display().to_string(),
+            });
+        }
         return Err(Error::NoAdapterConfig {
             dir: dir.display().to_string(),
         });

@@ -41,6 +41,9 @@ pub fn fresh_state(
     seed: u64,
 ) -> Result<BTreeMap<String, LoadedTensor>> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut config = config.clone();
+    config.resolve_defaults(&inventory.model_type)?;
+    let config = &config;
     let matcher = Matcher::new(config, &inventory.model_type)?;
     let mut out = BTreeMap::new();
     for (i, m) in inventory.modules.iter().enumerate() {
@@ -156,17 +159,7 @@ pub fn fresh_state(
                     ..
                 },
             ) => {
-                let ff = config
-                    .feedforward_modules
-                    .as_ref()
-                    .is_some_and(|f| f.matches(path))
-                    || (config.feedforward_modules.is_none()
-                        && config.target_modules.is_none()
-                        && crate::matching::default_feedforward(&inventory.model_type)
-                            .is_some_and(|d| {
-                                d.iter()
-                                    .any(|s| path == s || path.ends_with(&format!(".{s}")))
-                            }));
+                let ff = config.is_feedforward(path);
                 let shape = if ff {
                     vec![1, *in_features]
                 } else {

@@ -12,9 +12,7 @@ use candle_core::Tensor;
 use crate::adapter::{AdaLora, Dora, Ia3, LoraEmbedding, LoraLinear, ModuleAdapter};
 use crate::config::{AdapterConfig, Bias, PeftType};
 use crate::error::{Error, Result};
-use crate::matching::{
-    default_feedforward, is_module_to_save, Matcher, ModuleInventory, ModuleKind, TargetSpec,
-};
+use crate::matching::{is_module_to_save, Matcher, ModuleInventory, ModuleKind};
 use crate::tensors::{check_finite, LoadedTensor};
 
 /// The prefix PEFT puts on every saved key (the PeftModel → LoraModel wrappers).
@@ -237,6 +235,8 @@ pub fn build_adapter(
     opts: &InjectOptions,
 ) -> Result<Adapter> {
     validate_name(name)?;
+    let mut config = config;
+    config.resolve_defaults(&inventory.model_type)?;
     let matcher = Matcher::new(&config, &inventory.model_type)?;
     let mut report = LoadReport {
         method: describe_method(&config),
@@ -787,19 +787,7 @@ fn build_layer(
                 ..
             },
         ) => {
-            let ff = match &cfg.feedforward_modules {
-                Some(spec) => spec.matches(path),
-                None => match (
-                    &cfg.target_modules,
-                    default_feedforward(&inventory.model_type),
-                ) {
-                    // PEFT fills feedforward_modules from its table only when target_modules is null too.
-                    (None, Some(d)) => {
-                        TargetSpec::List(d.into_iter().map(String::from).collect()).matches(path)
-                    }
-                    _ => false,
-                },
-            };
+            let ff = cfg.is_feedforward(path);
             let l = take(got, Role::Ia3, path, ".ia3_l", problems);
             let expected = if ff {
                 vec![1, *in_features]

@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde_json::Value;
 
-use crate::adapter::{embedding_forward, linear_forward, ModuleAdapter};
+use crate::adapter::{embedding_forward, linear_forward, ModuleAdapter, WeightMatrix};
 use crate::error::{Error, Result};
 use crate::inject::{Adapter, PEFT_PREFIX};
 use crate::matching::{
@@ -226,10 +226,13 @@ impl AdapterRegistry {
         &self,
         i: usize,
         x: &Tensor,
-        weight: &Tensor,
+        weight: &dyn WeightMatrix,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let w = self.param(i, false).unwrap_or(weight);
+        let w: &dyn WeightMatrix = match self.param(i, false) {
+            Some(t) => t,
+            None => weight,
+        };
         let b = match self.param(i, true) {
             Some(b) => Some(b),
             None => bias,
@@ -238,8 +241,11 @@ impl AdapterRegistry {
     }
 
     /// Runs Embedding module `i` on token ids.
-    pub fn embedding(&self, i: usize, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
-        let t = self.param(i, false).unwrap_or(table);
+    pub fn embedding(&self, i: usize, ids: &Tensor, table: &dyn WeightMatrix) -> Result<Tensor> {
+        let t: &dyn WeightMatrix = match self.param(i, false) {
+            Some(t) => t,
+            None => table,
+        };
         embedding_forward(ids, t, &self.active_layers(i))
     }
 
@@ -328,7 +334,7 @@ impl AdapterRegistry {
             };
             std::fs::create_dir_all(&sub).map_err(io(&sub))?;
             let cp = sub.join("adapter_config.json");
-            std::fs::write(&cp, cfg + "\n").map_err(io(&cp))?;
+            std::fs::write(&cp, cfg).map_err(io(&cp))?;
             let wp = sub.join("adapter_model.safetensors");
             std::fs::write(&wp, bytes).map_err(io(&wp))?;
             written.push(sub);

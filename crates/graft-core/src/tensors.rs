@@ -36,7 +36,8 @@ pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
             limit,
         });
     }
-    let mut buf = Vec::with_capacity(size as usize);
+    // Grow as data arrives: a sparse or lying file must not reserve its claimed size up front.
+    let mut buf = Vec::with_capacity(size.min(1 << 30) as usize);
     file.take(limit).read_to_end(&mut buf).map_err(io)?;
     Ok(buf)
 }
@@ -106,6 +107,8 @@ const MAX_HEADER: u64 = 100 << 20;
 /// shape or stride computation can overflow.
 const MAX_RANK: usize = 8;
 const MAX_DIM: u64 = 1 << 32;
+/// Largest product of dimensions (zeros counted as one): 2^40 values.
+const MAX_SPAN: u64 = 1 << 40;
 
 /// Validates the header before the `safetensors` crate sees it, so that every problem names the
 /// tensor, and no dimension can overflow later shape arithmetic (even for zero-element tensors).
@@ -166,6 +169,8 @@ fn precheck_header(label: &str, bytes: &[u8]) -> Result<()> {
             )));
         }
         let mut numel: u64 = 1;
+        // The product of max(d, 1) bounds every stride, also for zero-element tensors.
+        let mut span: u64 = 1;
         let mut dims = Vec::with_capacity(shape.len());
         for d in shape {
             let d = d
@@ -173,6 +178,10 @@ fn precheck_header(label: &str, bytes: &[u8]) -> Result<()> {
                 .filter(|d| *d <= MAX_DIM)
                 .ok_or_else(|| terr(format!("dimension {d} is not an integer up to {MAX_DIM}")))?;
             dims.push(d);
+            span = span
+                .checked_mul(d.max(1))
+                .filter(|s| *s <= MAX_SPAN)
+                .ok_or_else(|| terr(format!("shape {shape:?} is too large")))?;
             numel = numel
                 .checked_mul(d)
                 .ok_or_else(|| terr("element count overflows".into()))?;

@@ -2,16 +2,100 @@
 //! kind and its base parameters. Layers refer to modules by index; the adapter registry works
 //! on the same indices.
 
-use candle_core::{Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, D};
+use graft_core::adapter::WeightMatrix;
 use graft_core::{AdapterRegistry, ModuleInfo, ModuleInventory, ModuleKind};
+use graft_quant::{QMatrix, QType};
 
 use crate::error::Result;
 use crate::weights::WeightStore;
 
+/// A base weight matrix: dense f32, or quantized (never expanded to f32 as a whole).
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Dense(Tensor),
+    Quant(Arc<QMatrix>),
+}
+
+impl Weight {
+    /// (rows, cols) for matrices, (len,) for vectors.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Quant(q) => vec![q.rows, q.cols],
+        }
+    }
+
+    /// The weight as an f32 tensor (dequantized if needed): for small parameters and DoRA.
+    pub fn tensor(&self) -> Result<Tensor> {
+        Ok(self.dense()?)
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Weight::Dense(t) => t.elem_count() * 4,
+            Weight::Quant(q) => q.nbytes(),
+        }
+    }
+}
+
+fn qerr(e: graft_quant::Error) -> graft_core::Error {
+    graft_core::Error::Weight(e.to_string())
+}
+
+impl WeightMatrix for Weight {
+    fn matmul_t(&self, x: &Tensor) -> graft_core::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => w.matmul_t(x),
+            Weight::Quant(q) => {
+                let (n, _) = x.dims2()?;
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = q.matmul(&xs, n).map_err(qerr)?;
+                Ok(Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?)
+            }
+        }
+    }
+
+    fn rows(&self, ids: &Tensor) -> graft_core::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => w.rows(ids),
+            Weight::Quant(q) => {
+                let ids = ids.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * q.cols];
+                for (i, &id) in ids.iter().enumerate() {
+                    let r = id as usize;
+                    if r >= q.rows {
+                        return Err(graft_core::Error::Weight(format!(
+                            "row {r} out of {}",
+                            q.rows
+                        )));
+                    }
+                    q.dequantize_row(r, &mut out[i * q.cols..(i + 1) * q.cols]);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), q.cols), &Device::Cpu)?)
+            }
+        }
+    }
+
+    fn dense(&self) -> graft_core::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Quant(q) => Ok(Tensor::from_vec(
+                q.dequantize(),
+                (q.rows, q.cols),
+                &Device::Cpu,
+            )?),
+        }
+    }
+}
+
 /// Base parameters of one module.
 #[derive(Debug, Clone)]
 pub struct BaseParams {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
 }
 
@@ -27,6 +111,11 @@ pub struct Norm {
 pub struct ModuleTable {
     pub inventory: ModuleInventory,
     pub params: Vec<BaseParams>,
+    /// Quantize dense Linear weights (all but the output head) while loading, as
+    /// `load_in_8bit` / `load_in_4bit` do.
+    pub quantize: Option<QType>,
+    /// Modules left in f32 because their shape does not fit the quantization blocks.
+    pub kept_dense: Vec<String>,
 }
 
 impl ModuleTable {
@@ -37,6 +126,8 @@ impl ModuleTable {
                 modules: Vec::new(),
             },
             params: Vec::new(),
+            quantize: None,
+            kept_dense: Vec::new(),
         }
     }
 
@@ -58,9 +149,19 @@ impl ModuleTable {
         out: usize,
         bias: bool,
     ) -> Result<usize> {
-        let weight = w.get(&format!("{path}.weight"), &[out, inp])?;
+        let mut weight = w.get(&format!("{path}.weight"), &[out, inp])?;
+        if let (Some(q), Weight::Dense(t)) = (self.quantize, &weight) {
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            match QMatrix::quantize(q, out, inp, &values) {
+                Ok(m) => weight = Weight::Quant(Arc::new(m)),
+                Err(graft_quant::Error::NotBlockAligned { .. }) => {
+                    self.kept_dense.push(path.to_string())
+                }
+                Err(e) => return Err(crate::Error::Core(qerr(e))),
+            }
+        }
         let bias = if bias {
-            Some(w.get(&format!("{path}.bias"), &[out])?)
+            Some(w.tensor(&format!("{path}.bias"), &[out])?)
         } else {
             None
         };
@@ -121,9 +222,9 @@ impl ModuleTable {
         eps: f64,
         rms: bool,
     ) -> Result<Norm> {
-        let weight = w.get(&format!("{path}.weight"), &[dim])?;
+        let weight = Weight::Dense(w.tensor(&format!("{path}.weight"), &[dim])?);
         let bias = if bias {
-            Some(w.get(&format!("{path}.bias"), &[dim])?)
+            Some(w.tensor(&format!("{path}.bias"), &[dim])?)
         } else {
             None
         };
@@ -159,17 +260,16 @@ impl Ctx<'_> {
     /// A tied head uses the embedding's weight as the adapted model sees it: its own
     /// modules_to_save copy first, else the embedding's (possibly overwritten) base weight.
     pub fn tied_head(&self, head: usize, emb: usize, x: &Tensor) -> Result<Tensor> {
-        let w = match self.reg.param(head, false) {
-            Some(w) => w.clone(),
-            None => self
-                .reg
-                .base_param(emb, false)
-                .cloned()
-                .unwrap_or_else(|| self.table.params[emb].weight.clone()),
+        let w: &dyn WeightMatrix = match self.reg.param(head, false) {
+            Some(w) => w,
+            None => match self.reg.base_param(emb, false) {
+                Some(w) => w,
+                None => &self.table.params[emb].weight,
+            },
         };
         Ok(graft_core::adapter::linear_forward(
             x,
-            &w,
+            w,
             None,
             &self.reg.active_layers(head),
         )?)
@@ -177,7 +277,11 @@ impl Ctx<'_> {
 
     pub fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
         let p = &self.table.params[n.id];
-        let w = self.reg.param(n.id, false).unwrap_or(&p.weight);
+        let base_w = match &p.weight {
+            Weight::Dense(t) => t.clone(),
+            q => q.tensor()?,
+        };
+        let w = self.reg.param(n.id, false).unwrap_or(&base_w);
         let b = self.reg.param(n.id, true).or(p.bias.as_ref());
         let y = if n.rms {
             let var = x.sqr()?.mean_keepdim(D::Minus1)?;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_core::adapter::WeightMatrix;
 use graft_core::config::AdapterConfig;
 use graft_core::files::{is_adapter_dir, read_adapter_config, read_adapter_dir};
 use graft_core::inject::{build_adapter, InjectOptions, LoadReport};
@@ -188,7 +189,7 @@ impl Model {
         }
         let table = &self.table;
         let base_weight =
-            |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+            |i: usize| -> graft_core::Result<Tensor> { table.params[i].weight.dense() };
         let inject = InjectOptions {
             allow_partial: opts.allow_partial,
         };
@@ -226,14 +227,14 @@ impl Model {
         let base_param = |i: usize, p: &str| -> graft_core::Result<Option<Tensor>> {
             let bp = &table.params[i];
             Ok(if p == "weight" {
-                Some(bp.weight.clone())
+                Some(bp.weight.dense()?)
             } else {
                 bp.bias.clone()
             })
         };
         let state = graft_core::init::fresh_state(&config, &table.inventory, &base_param, seed)?;
         let base_weight =
-            |i: usize| -> graft_core::Result<Tensor> { Ok(table.params[i].weight.clone()) };
+            |i: usize| -> graft_core::Result<Tensor> { table.params[i].weight.dense() };
         let adapter = build_adapter(
             &name,
             config,

@@ -4,6 +4,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::Tensor;
+
+use crate::base::Weight;
 use graft_core::tensors::{load_safetensors, read_file};
 use serde_json::Value;
 
@@ -11,11 +13,11 @@ use crate::error::{Error, Result};
 
 /// All tensors of a model, f32 on the CPU, by checkpoint name.
 pub struct WeightStore {
-    tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, Weight>,
 }
 
 impl WeightStore {
-    pub fn from_map(tensors: HashMap<String, Tensor>) -> Self {
+    pub fn from_map(tensors: HashMap<String, Weight>) -> Self {
         WeightStore { tensors }
     }
 
@@ -26,7 +28,7 @@ impl WeightStore {
         let mut tensors = HashMap::new();
         if single.is_file() {
             for (k, t) in load_safetensors(&single)? {
-                tensors.insert(k, t.tensor);
+                tensors.insert(k, Weight::Dense(t.tensor));
             }
         } else if index.is_file() {
             let bytes = read_file(&index, 64 << 20)?;
@@ -53,7 +55,7 @@ impl WeightStore {
             }
             for s in shards {
                 for (k, t) in load_safetensors(&dir.join(&s))? {
-                    tensors.insert(k, t.tensor);
+                    tensors.insert(k, Weight::Dense(t.tensor));
                 }
             }
         } else {
@@ -70,8 +72,8 @@ impl WeightStore {
         Ok(WeightStore { tensors })
     }
 
-    /// A tensor by name, also trying the name without a leading `model.` (some OPT checkpoints).
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// A weight by name, also trying the name without a leading `model.` (some OPT checkpoints).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let t = self
             .tensors
             .get(name)
@@ -84,10 +86,15 @@ impl WeightStore {
             return Err(Error::WeightShape {
                 name: name.into(),
                 expected: shape.to_vec(),
-                got: t.dims().to_vec(),
+                got: t.dims(),
             });
         }
         Ok(t.clone())
+    }
+
+    /// A small parameter (norm weight, bias) as an f32 tensor.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get(name, shape)?.tensor()
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -150,8 +150,12 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 impl QMatrix {
     /// Bytes per row of `data`.
     pub fn row_bytes(qtype: QType, cols: usize) -> Result<usize> {
+        if qtype == QType::Nf4 {
+            // NF4 blocks run over the flattened matrix (as bitsandbytes does), not per row.
+            return Ok(cols.div_ceil(2));
+        }
         let bl = qtype.block_len();
-        if cols % bl != 0 {
+        if !cols.is_multiple_of(bl) {
             return Err(Error::NotBlockAligned {
                 qtype,
                 cols,
@@ -171,9 +175,16 @@ impl QMatrix {
         data: Vec<u8>,
         scales: Vec<f32>,
     ) -> Result<Self> {
-        let expected = Self::row_bytes(qtype, cols)?
-            .checked_mul(rows)
+        let numel = rows
+            .checked_mul(cols)
             .ok_or(Error::Overflow { rows, cols })?;
+        let expected = if qtype == QType::Nf4 {
+            numel.div_ceil(2)
+        } else {
+            Self::row_bytes(qtype, cols)?
+                .checked_mul(rows)
+                .ok_or(Error::Overflow { rows, cols })?
+        };
         if data.len() != expected {
             return Err(Error::WrongSize {
                 qtype,
@@ -185,7 +196,7 @@ impl QMatrix {
         }
         let n_scales = match qtype {
             QType::Int8 => rows,
-            QType::Nf4 => rows * cols / 64,
+            QType::Nf4 => numel.div_ceil(64),
             _ => 0,
         };
         if scales.len() != n_scales {
@@ -220,6 +231,9 @@ impl QMatrix {
         }
         if let Some(index) = w.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite { index });
+        }
+        if qtype == QType::Nf4 {
+            return Ok(Self::quantize_nf4(rows, cols, w));
         }
         let rb = Self::row_bytes(qtype, cols)?;
         let mut data = Vec::with_capacity(rb * rows);
@@ -291,19 +305,7 @@ impl QMatrix {
                         }
                     }
                 }
-                QType::Nf4 => {
-                    for b in row.chunks_exact(64) {
-                        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        scales.push(amax);
-                        let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
-                        // bitsandbytes packs element 2i in the high nibble, 2i+1 in the low one.
-                        for pair in b.chunks_exact(2) {
-                            let hi = nf4_index(pair[0] * inv);
-                            let lo = nf4_index(pair[1] * inv);
-                            data.push((hi << 4) | lo);
-                        }
-                    }
-                }
+                QType::Nf4 => {}
             }
         }
         Ok(QMatrix {
@@ -315,8 +317,52 @@ impl QMatrix {
         })
     }
 
+    /// bitsandbytes' blockwise NF4: the flattened matrix in blocks of 64, one absmax each
+    /// (the last block padded with zeros); element 2i in the high nibble of byte i.
+    fn quantize_nf4(rows: usize, cols: usize, w: &[f32]) -> Self {
+        let mut data = vec![0u8; w.len().div_ceil(2)];
+        let mut scales = Vec::with_capacity(w.len().div_ceil(64));
+        for (bi, b) in w.chunks(64).enumerate() {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            scales.push(amax);
+            let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+            for (j, v) in b.iter().enumerate() {
+                let e = bi * 64 + j;
+                let q = nf4_index(v * inv);
+                data[e / 2] |= if e % 2 == 0 { q << 4 } else { q };
+            }
+        }
+        // A padded tail encodes 0.0 (code 7), as bitsandbytes' zero padding does.
+        if w.len() % 2 == 1 {
+            if let Some(last) = data.last_mut() {
+                *last |= 7;
+            }
+        }
+        QMatrix {
+            qtype: QType::Nf4,
+            rows,
+            cols,
+            data,
+            scales,
+        }
+    }
+
     /// Dequantizes row `r` into `out` (length `cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.qtype == QType::Nf4 {
+            let base = r * self.cols;
+            for (k, o) in out.iter_mut().enumerate() {
+                let e = base + k;
+                let byte = self.data[e / 2];
+                let q = if e.is_multiple_of(2) {
+                    byte >> 4
+                } else {
+                    byte & 0x0f
+                };
+                *o = NF4_CODE[q as usize] * self.scales[e / 64];
+            }
+            return;
+        }
         let rb = self.data.len() / self.rows.max(1);
         let row = &self.data[r * rb..(r + 1) * rb];
         match self.qtype {
@@ -368,20 +414,7 @@ impl QMatrix {
                     }
                 }
             }
-            QType::Nf4 => {
-                let blocks = self.cols / 64;
-                for (bi, (o, b)) in out
-                    .chunks_exact_mut(64)
-                    .zip(row.chunks_exact(32))
-                    .enumerate()
-                {
-                    let s = self.scales[r * blocks + bi];
-                    for (j, byte) in b.iter().enumerate() {
-                        o[2 * j] = NF4_CODE[(byte >> 4) as usize] * s;
-                        o[2 * j + 1] = NF4_CODE[(byte & 0x0f) as usize] * s;
-                    }
-                }
-            }
+            QType::Nf4 => {}
         }
     }
 
