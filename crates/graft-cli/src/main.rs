@@ -10,8 +10,10 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use graft_core::files::{is_adapter_dir, read_adapter_dir};
 use graft_core::tensors::{serialize_safetensors, LoadedTensor};
-use graft_models::model::resolve_base_path;
-use graft_models::{LoadAdapterOptions, Model};
+use graft_models::model::{default_model_path, resolve_base_path, DEFAULT_MODEL_ID};
+use graft_models::{LoadAdapterOptions, Model, OpenOptions, Sampling};
+use graft_quant::QType;
+use graft_text::{Message, Tokenizer};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +39,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Greedy generation. Prints only the generated text (or ids, with --tokens) on stdout.
+    /// Generation (greedy unless --temperature > 0). Prints only the generated text (or ids,
+    /// with --tokens) on stdout, streamed as it comes; tokens/s on stderr.
     Generate {
         #[command(flatten)]
         model: ModelArgs,
@@ -45,11 +48,30 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         /// Prompt as comma-separated token ids instead of text.
-        #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "chat"])]
         tokens: Option<Vec<u32>>,
-        /// Prompt text (needs tokenizer.json in the model folder).
-        #[arg(required_unless_present = "tokens")]
+        /// A user message, wrapped in the model's chat template (as
+        /// `apply_chat_template(..., add_generation_prompt=True)`).
+        #[arg(long, conflicts_with = "prompt")]
+        chat: Option<String>,
+        /// A system message for --chat.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// Prompt text, tokenized as is.
+        #[arg(required_unless_present_any = ["tokens", "chat"])]
         prompt: Option<String>,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Keep only the k most likely tokens (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Random seed for sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// The load report of an adapter: method, targeted modules, ranks and scales, tensors used.
     Inspect {
@@ -66,10 +88,15 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder (config.json + safetensors), or an adapter folder whose
+    /// Model folder (config.json + safetensors), a .gguf file, or an adapter folder whose
     /// base_model_name_or_path names the base (the adapter then loads as `default`).
+    /// Default: the embedded SmolLM2-135M-Instruct GGUF (models/, or $GRAFT_DEFAULT_MODEL).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// Quantize a safetensors model's Linear weights while loading: int8 (load_in_8bit),
+    /// nf4 (load_in_4bit), q8_0 or q4_0. Adapters stay f32 and run unmerged on top.
+    #[arg(long, value_parser = ["int8", "nf4", "q8_0", "q4_0"])]
+    quantize: Option<String>,
     /// An adapter to load, as DIR or NAME=DIR; repeatable, loaded in order. Without NAME= it is `default`.
     #[arg(long = "adapter")]
     adapters: Vec<String>,
@@ -104,16 +131,35 @@ fn print_warnings(label: &str, report: &graft_core::LoadReport) {
 
 /// Opens the model and its adapters as the flags say. Returns the model and the folder holding
 /// its config (for EOS ids and the tokenizer).
+fn model_path(args: &ModelArgs) -> CliResult<PathBuf> {
+    if let Some(m) = &args.model {
+        return Ok(m.clone());
+    }
+    let p = default_model_path();
+    if !p.is_file() {
+        return Err(format!(
+            "no --model given and the default model ({}, the Hub's {DEFAULT_MODEL_ID} as a Q4_1 GGUF) is not there; fetch it with scripts/fetch_default_model.sh",
+            p.display()
+        )
+        .into());
+    }
+    Ok(p)
+}
+
 fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
-    let (mut model, base_dir) = if is_adapter_dir(&args.model) {
-        let files = read_adapter_dir(&args.model, None)?;
-        let base = resolve_base_path(&args.model, files.config.base_model_name_or_path.as_deref())?;
+    let path = model_path(args)?;
+    let opts = OpenOptions {
+        quantize: args.quantize.as_deref().and_then(QType::parse),
+    };
+    let (mut model, base_dir) = if is_adapter_dir(&path) {
+        let files = read_adapter_dir(&path, None)?;
+        let base = resolve_base_path(&path, files.config.base_model_name_or_path.as_deref())?;
         eprintln!(
             "graft: {} is an adapter; its base is {}",
-            args.model.display(),
+            path.display(),
             base.display()
         );
-        let mut m = Model::open_base(&base)?;
+        let mut m = Model::open_base_with(&base, &opts)?;
         let opts = LoadAdapterOptions {
             allow_partial: args.allow_partial,
             ..Default::default()
@@ -122,8 +168,15 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
         print_warnings("default", &rep);
         (m, base)
     } else {
-        (Model::open_base(&args.model)?, args.model.clone())
+        (Model::open_base_with(&path, &opts)?, path.clone())
     };
+    if !model.kept_dense.is_empty() {
+        eprintln!(
+            "warning: --quantize kept {} module(s) in f32 (their width is not a multiple of the block): {}",
+            model.kept_dense.len(),
+            model.kept_dense.join(", ")
+        );
+    }
     for a in &args.adapters {
         let (name, dir) = parse_adapter_arg(a);
         let opts = LoadAdapterOptions {
@@ -169,45 +222,67 @@ fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> CliResult<()> {
     Ok(())
 }
 
-fn generate(
-    args: &ModelArgs,
+fn tokenizer_for(model: &Model, base: &Path) -> CliResult<Tokenizer> {
+    if let Some(meta) = model.gguf_tokenizer_metadata() {
+        return Ok(Tokenizer::from_gguf_metadata(&meta)?);
+    }
+    if base.join("tokenizer.json").is_file() {
+        return Ok(Tokenizer::from_dir(base)?);
+    }
+    Err(format!(
+        "{} has no tokenizer (tokenizer.json or GGUF metadata); pass the prompt as ids with --tokens",
+        base.display()
+    )
+    .into())
+}
+
+struct GenArgs<'a> {
     max_new: usize,
-    tokens: Option<&[u32]>,
-    prompt: Option<&str>,
-) -> CliResult<()> {
+    tokens: Option<&'a [u32]>,
+    chat: Option<&'a str>,
+    system: Option<&'a str>,
+    prompt: Option<&'a str>,
+    sampling: Sampling,
+}
+
+fn generate(args: &ModelArgs, g: GenArgs) -> CliResult<()> {
     let (model, base_dir) = open(args)?;
-    let eos = Model::eos_ids(&base_dir);
-    let tok_path = base_dir.join("tokenizer.json");
-    let tokenizer = if tokens.is_none() {
-        if !tok_path.is_file() {
-            return Err(format!(
-                "{} has no tokenizer.json; pass the prompt as ids with --tokens",
-                base_dir.display()
-            )
-            .into());
-        }
-        Some(
-            tokenizers::Tokenizer::from_file(&tok_path)
-                .map_err(|e| format!("{}: {e}", tok_path.display()))?,
-        )
-    } else {
-        None
+    let mut eos = model.eos_token_ids();
+    let tokenizer = match g.tokens {
+        Some(_) => None,
+        None => Some(tokenizer_for(&model, &base_dir)?),
     };
-    let ids: Vec<u32> = match (tokens, prompt, &tokenizer) {
-        (Some(t), _, _) => t.to_vec(),
-        (None, Some(p), Some(tk)) => tk
-            .encode(p, true)
-            .map_err(|e| format!("tokenizer: {e}"))?
-            .get_ids()
-            .to_vec(),
+    let ids: Vec<u32> = match (g.tokens, &tokenizer) {
+        (Some(t), _) => t.to_vec(),
+        (None, Some(tk)) => {
+            if let Some(e) = tk.eos_id {
+                if !eos.contains(&e) {
+                    eos.push(e);
+                }
+            }
+            match (g.chat, g.prompt) {
+                (Some(user), _) => {
+                    let mut msgs = Vec::new();
+                    if let Some(sys) = g.system {
+                        msgs.push(Message::new("system", sys));
+                    }
+                    msgs.push(Message::new("user", user));
+                    // apply_chat_template(tokenize=True) encodes without adding special tokens.
+                    tk.encode(&tk.apply_chat_template(&msgs, true)?, false)?
+                }
+                (None, Some(p)) => tk.encode(p, true)?,
+                (None, None) => return Err("nothing to generate from".into()),
+            }
+        }
         _ => return Err("nothing to generate from".into()),
     };
     let t0 = Instant::now();
+    let mut first_token_at = None;
     let mut stdout = std::io::stdout();
     let mut produced: Vec<u32> = Vec::new();
     let mut printed = String::new();
-    let mut first = true;
-    let out = model.generate(&ids, max_new, &eos, |tok| {
+    let out = model.generate_with(&ids, g.max_new, &eos, &g.sampling, |tok| {
+        first_token_at.get_or_insert_with(|| t0.elapsed());
         produced.push(tok);
         match &tokenizer {
             // Stream text: decode everything so far and print what is new.
@@ -220,20 +295,23 @@ fn generate(
                 }
             }
             None => {
-                let _ = write!(stdout, "{}{tok}", if first { "" } else { "," });
-                first = false;
+                let sep = if produced.len() == 1 { "" } else { "," };
+                let _ = write!(stdout, "{sep}{tok}");
             }
         }
         let _ = stdout.flush();
     })?;
     println!();
-    let secs = t0.elapsed().as_secs_f64();
+    let total = t0.elapsed().as_secs_f64();
+    let prefill = first_token_at.map(|d| d.as_secs_f64()).unwrap_or(total);
+    let decode_n = out.len().saturating_sub(1);
     eprintln!(
-        "graft: {} tokens in {:.2} s ({:.1} tokens/s, prompt {} tokens)",
+        "graft: prompt {} tokens in {:.3} s ({:.1} tokens/s); {} new tokens, decode {:.1} tokens/s",
+        ids.len(),
+        prefill,
+        ids.len() as f64 / prefill.max(1e-9),
         out.len(),
-        secs,
-        out.len() as f64 / secs.max(1e-9),
-        ids.len()
+        decode_n as f64 / (total - prefill).max(1e-9),
     );
     Ok(())
 }
@@ -286,8 +364,29 @@ fn main() -> ExitCode {
             model,
             max_new_tokens,
             tokens,
+            chat,
+            system,
             prompt,
-        } => generate(model, *max_new_tokens, tokens.as_deref(), prompt.as_deref()),
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => generate(
+            model,
+            GenArgs {
+                max_new: *max_new_tokens,
+                tokens: tokens.as_deref(),
+                chat: chat.as_deref(),
+                system: system.as_deref(),
+                prompt: prompt.as_deref(),
+                sampling: Sampling {
+                    temperature: *temperature,
+                    top_k: *top_k,
+                    top_p: *top_p,
+                    seed: *seed,
+                },
+            },
+        ),
         Command::Inspect {
             adapter,
             model,

