@@ -38,62 +38,60 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
+/// IEEE half → f32, exact, inlined (half's own conversion is an out-of-line call with run-time
+/// CPU detection, too slow per block).
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    let h = u16::from_le_bytes([b[i], b[i + 1]]);
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let mant = u32::from(h & 0x3ff);
+    if exp == 0 {
+        let v = mant as f32 * (1.0 / 16_777_216.0);
+        return if sign != 0 { -v } else { v };
+    }
+    if exp == 31 {
+        return f32::from_bits(sign | 0x7f80_0000 | (mant << 13));
+    }
+    f32::from_bits(sign | ((exp + 112) << 23) | (mant << 13))
 }
 
-/// Σ_j q_j · x_j over a 32-value block of nibbles (low nibbles = elements 0..16).
-#[inline(always)]
-fn nibble_dot<const FMA: bool>(qs: &[u8], x: &[f32]) -> f32 {
-    let mut lo = [0f32; 16];
-    let mut hi = [0f32; 16];
-    for j in 0..16 {
-        lo[j] = fmadd::<FMA>((qs[j] & 0x0f) as f32, x[j], 0.0);
-        hi[j] = fmadd::<FMA>((qs[j] >> 4) as f32, x[j + 16], 0.0);
-    }
-    let mut s = [0f32; 16];
-    for j in 0..16 {
-        s[j] = lo[j] + hi[j];
-    }
-    s.iter().sum()
-}
-
-/// One row of a block format dotted with one token, decoding in registers. `xsum` holds the
-/// per-block sums of x (for the Q4 offsets).
+/// One row of a block format dotted with one token, decoding in registers: 32 lanes of
+/// accumulators across the whole row (one horizontal sum per row). `xsum` holds the per-block
+/// sums of x, which carry the Q4 offsets (−8·d for Q4_0, m for Q4_1).
+/// One row of a block format dotted with one token, decoding in registers: 32 lanes of
+/// accumulators across the whole row (one horizontal sum per row). `xsum` holds the per-block
+/// sums of x, which carry the Q4 offsets (−8·d for Q4_0, m for Q4_1).
 #[inline(always)]
 fn fused_row_dot<const FMA: bool>(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-    let mut acc = 0f32;
+    let mut acc = [0f32; 32];
+    let mut offset = 0f32;
     match qtype {
         QType::Q8_0 => {
-            for (b, (blk, xs)) in row.chunks_exact(34).zip(x.chunks_exact(32)).enumerate() {
-                let _ = b;
+            for (blk, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
                 let d = f16_at(blk, 0);
-                let mut s = [0f32; 32];
+                let q = &blk[2..34];
                 for j in 0..32 {
-                    s[j] = fmadd::<FMA>((blk[2 + j] as i8) as f32, xs[j], 0.0);
+                    acc[j] = fmadd::<FMA>(d * f32::from(q[j] as i8), xs[j], acc[j]);
                 }
-                acc = fmadd::<FMA>(d, s.iter().sum::<f32>(), acc);
             }
         }
-        QType::Q4_0 => {
-            for (b, (blk, xs)) in row.chunks_exact(18).zip(x.chunks_exact(32)).enumerate() {
+        QType::Q4_0 | QType::Q4_1 => {
+            let (stride, skip) = if qtype == QType::Q4_0 { (18, 2) } else { (20, 4) };
+            for (b, (blk, xs)) in row.chunks_exact(stride).zip(x.chunks_exact(32)).enumerate() {
                 let d = f16_at(blk, 0);
-                let s = nibble_dot::<FMA>(&blk[2..18], xs) - 8.0 * xsum[b];
-                acc = fmadd::<FMA>(d, s, acc);
-            }
-        }
-        QType::Q4_1 => {
-            for (b, (blk, xs)) in row.chunks_exact(20).zip(x.chunks_exact(32)).enumerate() {
-                let d = f16_at(blk, 0);
-                let m = f16_at(blk, 2);
-                let s = nibble_dot::<FMA>(&blk[4..20], xs);
-                acc = fmadd::<FMA>(d, s, fmadd::<FMA>(m, xsum[b], acc));
+                let m = if qtype == QType::Q4_0 { -8.0 * d } else { f16_at(blk, 2) };
+                let q = &blk[skip..skip + 16];
+                for j in 0..16 {
+                    acc[j] = fmadd::<FMA>(d * f32::from(q[j] & 0x0f), xs[j], acc[j]);
+                    acc[j + 16] = fmadd::<FMA>(d * f32::from(q[j] >> 4), xs[j + 16], acc[j + 16]);
+                }
+                offset = fmadd::<FMA>(m, xsum[b], offset);
             }
         }
         _ => {}
     }
-    acc
+    acc.iter().sum::<f32>() + offset
 }
 
 /// Rows `r0..` of the output into `out` ((rows in chunk) × n, by weight row).

@@ -141,8 +141,9 @@ pub struct QMatrix {
     pub scales: Vec<f32>,
 }
 
+#[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    kernels::f16_at(b, i)
 }
 
 impl QMatrix {
