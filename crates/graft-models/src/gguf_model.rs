@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use graft_core::tensors::{read_file, MAX_FILE_SIZE};
-use graft_quant::{QMatrix, QType};
+use graft_quant::{QData, QMatrix, QType};
 use serde_json::json;
 
 use crate::base::Weight;
@@ -18,7 +18,8 @@ use crate::weights::WeightStore;
 
 /// A GGUF file in memory with its parsed header.
 pub struct GgufFile {
-    pub bytes: Vec<u8>,
+    /// Shared with the quantized weights, which point into it instead of copying.
+    pub bytes: Arc<Vec<u8>>,
     pub header: Gguf,
 }
 
@@ -27,7 +28,10 @@ impl GgufFile {
         let bytes = read_file(path, MAX_FILE_SIZE)?;
         let header =
             Gguf::parse(&bytes).map_err(|e| Error::Gguf(format!("{}: {e}", path.display())))?;
-        Ok(GgufFile { bytes, header })
+        Ok(GgufFile {
+            bytes: Arc::new(bytes),
+            header,
+        })
     }
 }
 
@@ -173,9 +177,13 @@ fn weight_of(file: &GgufFile, t: &TensorInfo, heads_for_permute: Option<usize>) 
         [cols, rows] => {
             let (rows, cols) = (*rows as usize, *cols as usize);
             let row_bytes = QMatrix::row_bytes(t.qtype, cols).map_err(gerr)?;
-            let data = match heads_for_permute {
-                Some(h) => unpermute_rows(bytes, rows, row_bytes, h)?,
-                None => bytes.to_vec(),
+            let data: QData = match heads_for_permute {
+                Some(h) => unpermute_rows(bytes, rows, row_bytes, h)?.into(),
+                None => QData::Shared {
+                    buf: file.bytes.clone(),
+                    start: (file.header.data_offset + t.offset) as usize,
+                    len: t.nbytes as usize,
+                },
             };
             let q = QMatrix::from_raw(t.qtype, rows, cols, data, vec![]).map_err(gerr)?;
             if t.qtype == QType::F32 {

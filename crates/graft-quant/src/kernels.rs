@@ -77,10 +77,18 @@ fn fused_row_dot<const FMA: bool>(qtype: QType, row: &[u8], x: &[f32], xsum: &[f
             }
         }
         QType::Q4_0 | QType::Q4_1 => {
-            let (stride, skip) = if qtype == QType::Q4_0 { (18, 2) } else { (20, 4) };
+            let (stride, skip) = if qtype == QType::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
             for (b, (blk, xs)) in row.chunks_exact(stride).zip(x.chunks_exact(32)).enumerate() {
                 let d = f16_at(blk, 0);
-                let m = if qtype == QType::Q4_0 { -8.0 * d } else { f16_at(blk, 2) };
+                let m = if qtype == QType::Q4_0 {
+                    -8.0 * d
+                } else {
+                    f16_at(blk, 2)
+                };
                 let q = &blk[skip..skip + 16];
                 for j in 0..16 {
                     acc[j] = fmadd::<FMA>(d * f32::from(q[j] & 0x0f), xs[j], acc[j]);

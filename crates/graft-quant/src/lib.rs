@@ -129,6 +129,48 @@ pub const NF4_CODE: [f32; 16] = [
     1.0,
 ];
 
+/// The bytes of a matrix: owned, or a range of a shared buffer (e.g. a GGUF file read once,
+/// so that loading does not hold the weights twice).
+#[derive(Debug, Clone)]
+pub enum QData {
+    Owned(Vec<u8>),
+    Shared {
+        buf: std::sync::Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl QData {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            QData::Owned(v) => v,
+            QData::Shared { buf, start, len } => &buf[*start..*start + *len],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u8>> for QData {
+    fn from(v: Vec<u8>) -> Self {
+        QData::Owned(v)
+    }
+}
+
+impl std::ops::Deref for QData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// A quantized (out, in) matrix.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
@@ -136,7 +178,7 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     /// Row-major blocks.
-    pub data: Vec<u8>,
+    pub data: QData,
     /// Int8: one scale per row (absmax/127). Nf4: one absmax per block. Empty otherwise.
     pub scales: Vec<f32>,
 }
@@ -171,9 +213,10 @@ impl QMatrix {
         qtype: QType,
         rows: usize,
         cols: usize,
-        data: Vec<u8>,
+        data: impl Into<QData>,
         scales: Vec<f32>,
     ) -> Result<Self> {
+        let data: QData = data.into();
         let numel = rows
             .checked_mul(cols)
             .ok_or(Error::Overflow { rows, cols })?;
@@ -211,7 +254,7 @@ impl QMatrix {
             qtype,
             rows,
             cols,
-            data,
+            data: data.into(),
             scales,
         })
     }
@@ -311,7 +354,7 @@ impl QMatrix {
             qtype,
             rows,
             cols,
-            data,
+            data: data.into(),
             scales,
         })
     }
@@ -341,7 +384,7 @@ impl QMatrix {
             qtype: QType::Nf4,
             rows,
             cols,
-            data,
+            data: data.into(),
             scales,
         }
     }

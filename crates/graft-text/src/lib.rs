@@ -84,9 +84,11 @@ fn pre_tokenizer_for(pre: &str) -> Result<Value> {
             {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
             byte_level(false),
         ]}),
-        other => return Err(Error::Unsupported(format!(
+        other => {
+            return Err(Error::Unsupported(format!(
             "GGUF tokenizer pre-type `{other}` is not supported yet (gpt2, smollm, llama-bpe are)"
-        ))),
+        )))
+        }
     })
 }
 
