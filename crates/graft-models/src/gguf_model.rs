@@ -141,7 +141,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 /// RoPE layout to the interleaved one; this puts them back: HF row `h·D + t·D/2 + j` is GGUF row
 /// `h·D + 2j + t`.
 fn unpermute_rows(data: &[u8], rows: usize, row_bytes: usize, heads: usize) -> Result<Vec<u8>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::Gguf(format!(
             "cannot un-permute {rows} rows into {heads} RoPE heads"
         )));

@@ -168,7 +168,7 @@ fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f3
 
 /// y (n, rows) = x (n, cols) · Wᵀ.
 pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
-    let xsum: Vec<f32> = if m.cols % 32 == 0 {
+    let xsum: Vec<f32> = if m.cols.is_multiple_of(32) {
         x.chunks_exact(32).map(|c| c.iter().sum()).collect()
     } else {
         Vec::new()

@@ -254,7 +254,7 @@ impl QMatrix {
             qtype,
             rows,
             cols,
-            data: data.into(),
+            data,
             scales,
         })
     }
