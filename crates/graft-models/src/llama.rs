@@ -152,7 +152,13 @@ impl Llama {
     }
 
     /// One forward pass over `ids` (n,) appended to `cache`; returns logits (n, vocab).
-    pub fn forward(&self, ctx: &Ctx, ids: &Tensor, cache: &mut crate::KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        ids: &Tensor,
+        cache: &mut crate::KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let n = ids.dims1()?;
         let p0 = cache.len;
@@ -186,6 +192,8 @@ impl Llama {
             x = (x + ctx.linear(l.down, &(g * u)?)?)?;
         }
         cache.len += n;
+        // Generation needs only the last position's logits: skip the head for the others.
+        let x = if last_only { x.narrow(0, n - 1, 1)? } else { x };
         let x = ctx.norm(self.norm, &x)?;
         if self.tied {
             ctx.tied_head(self.head, self.embed, &x)

@@ -348,6 +348,21 @@ impl Model {
 
     /// One forward pass over `tokens` after what `cache` holds; logits (n, vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_inner(tokens, cache, false)
+    }
+
+    /// Like [`Model::forward`], but returns only the last position's logits (1, vocab): what
+    /// generation needs, without running the output head over the whole prompt.
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_inner(tokens, cache, true)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(Error::BaseModel("no tokens to run".into()));
         }
@@ -357,8 +372,8 @@ impl Model {
             reg: &self.registry,
         };
         match &self.arch {
-            Arch::Llama(m) => m.forward(&ctx, &ids, cache),
-            Arch::Opt(m) => m.forward(&ctx, &ids, cache),
+            Arch::Llama(m) => m.forward(&ctx, &ids, cache, last_only),
+            Arch::Opt(m) => m.forward(&ctx, &ids, cache, last_only),
         }
     }
 
@@ -394,7 +409,7 @@ impl Model {
         if max_new_tokens == 0 {
             return Ok(out);
         }
-        let mut logits = self.forward(prompt, &mut cache)?;
+        let mut logits = self.forward_last(prompt, &mut cache)?;
         for _ in 0..max_new_tokens {
             let n = logits.dim(0)?;
             let last = logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -407,9 +422,21 @@ impl Model {
             {
                 break;
             }
-            logits = self.forward(&[next], &mut cache)?;
+            logits = self.forward_last(&[next], &mut cache)?;
         }
         Ok(out)
+    }
+
+    /// Bytes the KV cache holds for `positions` positions (f32 keys and values, every layer).
+    pub fn kv_cache_bytes(&self, positions: usize) -> u64 {
+        let (layers, kv_dim) = match &self.arch {
+            Arch::Llama(m) => (
+                m.cfg.num_hidden_layers,
+                m.cfg.num_key_value_heads * m.cfg.head_dim,
+            ),
+            Arch::Opt(m) => (m.cfg.num_hidden_layers, m.cfg.hidden_size),
+        };
+        (layers * 2 * positions * kv_dim * 4) as u64
     }
 
     /// The GGUF's `tokenizer.*` metadata as a JSON object (for `graft_text::Tokenizer`).

@@ -104,7 +104,13 @@ impl Opt {
         })
     }
 
-    pub fn forward(&self, ctx: &Ctx, ids: &Tensor, cache: &mut crate::KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        ids: &Tensor,
+        cache: &mut crate::KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let n = ids.dims1()?;
         let p0 = cache.len;
@@ -163,6 +169,10 @@ impl Opt {
             }
         }
         cache.len += n;
+        // Generation needs only the last position's logits: skip the head for the others.
+        if last_only {
+            x = x.narrow(0, n - 1, 1)?;
+        }
         if let Some(f) = self.final_norm {
             x = ctx.norm(f, &x)?;
         }
