@@ -19,8 +19,12 @@ What it measures (the same workload as `graft bench`; batch 1, --threads threads
               transformers' generate() both do). prefill tok/s = 128 / that time.
     decode  = then 64 single-token forwards with the KV cache, each feeding the previous greedy
               (argmax) token; EOS is ignored. decode tok/s = 64 / time of those 64 steps (prefill excluded).
-    Each configuration does --runs runs (default 3) in one process; the best (max tok/s) per metric is
-    reported, all runs are kept in the JSON. Each (engine, adapter) configuration runs in its own fresh
+    Each configuration does --warmup untimed runs (default 1: first-touch of the weights, thread pool
+    and graph setup) and then --runs timed runs (default 3) in one process; the best (max tok/s) per
+    metric is reported, all runs are kept in the JSON. "other load" is the share of the machine's CPU
+    time that OTHER processes used during the timed runs (/proc/stat minus this process); with 2
+    threads on 2 cores any other load slows llama.cpp's spinning thread barrier drastically (seen
+    here: decode 100 tok/s idle, 2-20 tok/s under load), so compare numbers only when it is near 0%. Each (engine, adapter) configuration runs in its own fresh
     subprocess, one after another, so its peak RSS (getrusage ru_maxrss, includes the Python interpreter
     and the imported libraries) is its own.
 
@@ -195,9 +199,29 @@ def sanity_prompt():
     raise SystemExit(f"{SANITY_USER!r} not in {FIXTURE}")
 
 
-def timed_runs(runs, prefill_fn, step_fn):
+def _proc_stat_cpu():
+    """VM-wide (busy, total) clock ticks from /proc/stat's first line (None where unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
+def timed_runs(runs, prefill_fn, step_fn, warmup):
+    """Returns (per-run timings, background load). Background load is the fraction of the machine's
+    CPU time used by OTHER processes during the timed runs (VM-wide /proc/stat busy ticks minus this
+    process's own CPU time); on a shared machine a high value explains slow or noisy runs."""
     prompt = bench_prompt()
+    for _ in range(warmup):  # untimed: first-touch of weights, thread pools, allocator, graph setup
+        tok = prefill_fn(prompt)
+        for _ in range(DECODE_STEPS):
+            tok = step_fn(tok)
     out = []
+    hz = os.sysconf("SC_CLK_TCK")
+    stat0, own0, wall0 = _proc_stat_cpu(), os.times(), time.perf_counter()
     for _ in range(runs):
         t0 = time.perf_counter()
         tok = prefill_fn(prompt)
@@ -207,15 +231,34 @@ def timed_runs(runs, prefill_fn, step_fn):
         t2 = time.perf_counter()
         out.append({"prefill_s": t1 - t0, "decode_s": t2 - t1,
                     "prefill_tok_s": PROMPT_LEN / (t1 - t0), "decode_tok_s": DECODE_STEPS / (t2 - t1)})
-    return out
+    stat1, own1, wall1 = _proc_stat_cpu(), os.times(), time.perf_counter()
+    background = None
+    if stat0 and stat1 and stat1[1] > stat0[1]:
+        own_ticks = (own1.user + own1.system - own0.user - own0.system) * hz
+        background = max(0.0, (stat1[0] - stat0[0] - own_ticks) / (stat1[1] - stat0[1]))
+    return out, background
 
 
-def worker_llama(adapter, threads, runs):
+def worker_llama(adapter, threads, runs, warmup, extra_bufts=False):
     import ctypes
 
     import llama_cpp
     import numpy as np
 
+    if not extra_bufts:
+        # Same as llama.cpp's --no-repack: keep every weight in the plain CPU buffer. On this CPU
+        # (AMX_INT8) the AMX buffer type would otherwise take the Q4_1 weights, and llama.cpp's AMX
+        # mul_mat crashes (SIGSEGV at ldtilecfg in ggml_backend_amx_mul_mat, see module docstring).
+        # For this model nothing else changes: ggml-cpu has no Q4_1 repack, and token_embd (Q8_0)
+        # is read by GET_ROWS, which keeps it in the plain CPU buffer anyway.
+        default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+        def model_params_without_extra_bufts():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = model_params_without_extra_bufts
     t_load = time.perf_counter()
     llm = llama_cpp.Llama(model_path=common.gguf_path(), n_threads=threads, n_threads_batch=threads,
                           n_ctx=N_CTX, n_batch=N_BATCH, verbose=False)
@@ -244,7 +287,7 @@ def worker_llama(adapter, threads, runs):
         llm.eval([tok])
         return last_argmax()
 
-    results = timed_runs(runs, prefill, step)
+    results, background = timed_runs(runs, prefill, step, warmup)
 
     ids, ref = sanity_prompt()
     tok = prefill(ids)
@@ -254,12 +297,12 @@ def worker_llama(adapter, threads, runs):
         gen.append(tok)
     text = llm.detokenize(gen, special=True).decode("utf-8", errors="replace")
     ref_ids = ref["with_adapter" if adapter else "without_adapter"]["ids"]
-    extra = {"load_s": load_s, "use_mmap": True, "n_ctx": N_CTX, "n_batch": N_BATCH,
+    extra = {"load_s": load_s, "background_cpu_busy": background, "use_mmap": True, "use_extra_bufts": extra_bufts, "n_ctx": N_CTX, "n_batch": N_BATCH,
              "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()}
     return results, gen, text, ref_ids, extra
 
 
-def worker_transformers(adapter, threads, runs):
+def worker_transformers(adapter, threads, runs, warmup):
     import torch
 
     torch.set_num_threads(threads)
@@ -288,7 +331,7 @@ def worker_transformers(adapter, threads, runs):
         return int(out.logits[0, -1].argmax())
 
     with torch.inference_mode():
-        results = timed_runs(runs, prefill, step)
+        results, background = timed_runs(runs, prefill, step, warmup)
         ids, ref = sanity_prompt()
         tok = prefill(ids)
         gen = [tok]
@@ -298,13 +341,15 @@ def worker_transformers(adapter, threads, runs):
     tokenizer = common.load_tokenizer()
     text = tokenizer.decode(gen, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     ref_ids = ref["with_adapter" if adapter else "without_adapter"]["ids"]
-    extra = {"load_s": load_s, "dtype": "float32", "torch_threads": torch.get_num_threads()}
+    extra = {"load_s": load_s, "background_cpu_busy": background, "dtype": "float32", "torch_threads": torch.get_num_threads()}
     return results, gen, text, ref_ids, extra
 
 
-def run_worker(engine, adapter, threads, runs):
-    fn = {"llama.cpp": worker_llama, "transformers": worker_transformers}[engine]
-    results, gen, text, ref_ids, extra = fn(adapter, threads, runs)
+def run_worker(engine, adapter, threads, runs, warmup, llama_extra_bufts):
+    if engine == "llama.cpp":
+        results, gen, text, ref_ids, extra = worker_llama(adapter, threads, runs, warmup, llama_extra_bufts)
+    else:
+        results, gen, text, ref_ids, extra = worker_transformers(adapter, threads, runs, warmup)
     agree = 0
     for a, b in zip(gen, ref_ids):
         if a != b:
@@ -364,19 +409,26 @@ def versions(engines):
     return got
 
 
+def _pct(x):
+    return "?" if x is None else f"{100 * x:.0f}%"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(common.MODELS_DIR, "baselines.json"))
     ap.add_argument("--engines", default="llama.cpp,transformers", help="comma list of llama.cpp, transformers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed prefill+decode runs before the timed ones")
+    ap.add_argument("--llama-extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra CPU buffer types (AMX / repack); off by default, see docstring")
     ap.add_argument("--no-adapter-only", action="store_true", help="skip the with-LoRA configurations")
     ap.add_argument("--worker", choices=["llama.cpp", "transformers"], help=argparse.SUPPRESS)
     ap.add_argument("--adapter", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
-        run_worker(args.worker, bool(args.adapter), args.threads, args.runs)
+        run_worker(args.worker, bool(args.adapter), args.threads, args.runs, args.warmup, args.llama_extra_bufts)
         return
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -398,7 +450,9 @@ def main():
     for engine in engines:
         for adapter in ([0] if args.no_adapter_only else [0, 1]):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--adapter", str(adapter),
-                   "--threads", str(args.threads), "--runs", str(args.runs)]
+                   "--threads", str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+            if args.llama_extra_bufts:
+                cmd.append("--llama-extra-bufts")
             print(f"running {engine} adapter={adapter} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             rec = None
@@ -430,6 +484,7 @@ def main():
                                     for k, v in lora_info.items()},
         "workload": {"prompt": "[(i * 7919) % 10000 + 100 for i in range(128)], no BOS", "prompt_tokens": PROMPT_LEN,
                      "decode_steps": DECODE_STEPS, "batch": 1, "threads": args.threads, "runs": args.runs,
+                     "warmup_runs": args.warmup,
                      "best_of": "max tok/s per metric over runs", "greedy": True, "eos_ignored": True},
         "results": records,
     }
@@ -440,14 +495,14 @@ def main():
 
     print(f"\nGGUF {common.GGUF_NAME}: {os.path.getsize(gguf) / 1e6:.1f} MB; {vers}; "
           f"{result['machine'].get('cpu', '?')}, {args.threads} threads, best of {args.runs}\n")
-    print("| engine | adapter | prefill tok/s (128) | decode tok/s (64) | peak RSS MB |")
-    print("|---|---|---:|---:|---:|")
+    print("| engine | adapter | prefill tok/s (128) | decode tok/s (64) | peak RSS MB | other load |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in records:
         if "prefill_tok_s" in r:
             print(f"| {r['engine']} | {r['adapter']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
-                  f"{r['peak_rss_mb']:.0f} |")
+                  f"{r['peak_rss_mb']:.0f} | {_pct(r.get('background_cpu_busy'))} |")
         else:
-            print(f"| {r['engine']} | {r['adapter']} | error | error | - |")
+            print(f"| {r['engine']} | {r['adapter']} | error | error | - | - |")
     print(f"\nwrote {args.out}")
     if failed:
         sys.exit(1)

@@ -91,6 +91,9 @@ pub struct Model {
     pub config: Value,
     /// Modules that `--quantize` left in f32 because their shape does not fit the blocks.
     pub kept_dense: Vec<String>,
+    /// The threads matmuls split rows across. A forward pass runs on one of them, so that the
+    /// ~200 matmuls of a decode step do not each pay a cross-thread wake-up.
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -161,6 +164,10 @@ impl Model {
         };
         let registry = AdapterRegistry::new(table.inventory.clone());
         let kept_dense = table.kept_dense.clone();
+        // RAYON_NUM_THREADS is honoured by the builder; default: one thread per core.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .build()
+            .map_err(|e| Error::BaseModel(format!("cannot start worker threads: {e}")))?;
         Ok(Model {
             arch,
             table,
@@ -171,6 +178,7 @@ impl Model {
             gguf_metadata: None,
             config: cfg.clone(),
             kept_dense,
+            pool: std::sync::Arc::new(pool),
         })
     }
 
@@ -363,6 +371,11 @@ impl Model {
         cache: &mut KvCache,
         last_only: bool,
     ) -> Result<Tensor> {
+        self.pool
+            .install(|| self.forward_here(tokens, cache, last_only))
+    }
+
+    fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(Error::BaseModel("no tokens to run".into()));
         }
