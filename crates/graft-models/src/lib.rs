@@ -7,6 +7,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod attention;
 pub mod base;
 pub mod error;
 pub mod gguf;
@@ -18,6 +19,7 @@ pub mod opt;
 pub mod sampling;
 pub mod weights;
 
+pub use attention::KvCache;
 pub use error::{Error, Result};
-pub use model::{KvCache, LoadAdapterOptions, Model, OpenOptions};
+pub use model::{LoadAdapterOptions, Model, OpenOptions};
 pub use sampling::Sampling;

@@ -1,9 +1,10 @@
 //! The Llama family (Llama 2/3, SmolLM2, TinyLlama, Mistral-style grouped-query attention),
 //! as transformers' `LlamaForCausalLM` computes it.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
-use crate::base::{attention, Ctx, ModuleTable, Norm};
+use crate::attention::rope_in_place;
+use crate::base::{Ctx, ModuleTable, Norm};
 use crate::error::Result;
 use crate::hf_config::{LlamaConfig, RopeScaling};
 use crate::weights::WeightStore;
@@ -127,30 +128,6 @@ impl Llama {
         })
     }
 
-    /// Rotary embeddings in Hugging Face's rotate-half layout, for positions p0..p0+n.
-    fn rope(&self, x: &Tensor, p0: usize) -> Result<Tensor> {
-        let (_, n, d) = x.dims3()?;
-        let half = d / 2;
-        let mut cos = Vec::with_capacity(n * d);
-        let mut sin = Vec::with_capacity(n * d);
-        for p in p0..p0 + n {
-            for rep in 0..2 {
-                let _ = rep;
-                for f in &self.inv_freq {
-                    let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
-        }
-        let cos = Tensor::from_vec(cos, (1, n, d), &Device::Cpu)?;
-        let sin = Tensor::from_vec(sin, (1, n, d), &Device::Cpu)?;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
-    }
-
     /// One forward pass over `ids` (n,) appended to `cache`; returns logits (n, vocab).
     pub fn forward(
         &self,
@@ -166,25 +143,16 @@ impl Llama {
         let mut x = ctx.embedding(self.embed, ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             let h = ctx.norm(l.input_norm, &x)?;
-            let q = ctx
-                .linear(l.q, &h)?
-                .reshape((n, nh, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let k = ctx
-                .linear(l.k, &h)?
-                .reshape((n, nkv, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let v = ctx
-                .linear(l.v, &h)?
-                .reshape((n, nkv, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let q = self.rope(&q, p0)?;
-            let k = self.rope(&k, p0)?;
-            let (k, v) = cache.append(li, k, v)?;
-            let a = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), c.sliding_window)?;
+            let mut q = ctx.linear(l.q, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = ctx.linear(l.k, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = ctx.linear(l.v, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            rope_in_place(&mut q, n, nh, hd, p0, &self.inv_freq);
+            rope_in_place(&mut k, n, nkv, hd, p0, &self.inv_freq);
+            let layer = cache.layer(li, nkv, hd);
+            layer.append(p0, n, &k, &v);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let a = layer.attend(&q, n, nh, p0 + n, scale, c.sliding_window);
+            let a = Tensor::from_vec(a, (n, nh * hd), &Device::Cpu)?;
             x = (x + ctx.linear(l.o, &a)?)?;
             let h = ctx.norm(l.post_norm, &x)?;
             let g = ctx.linear(l.gate, &h)?.silu()?;

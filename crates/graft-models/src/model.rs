@@ -14,6 +14,7 @@ use graft_core::tensors::{read_file, LoadedTensor};
 use graft_core::AdapterRegistry;
 use serde_json::Value;
 
+use crate::attention::KvCache;
 use crate::base::{Ctx, ModuleTable};
 use crate::error::{Error, Result};
 use crate::hf_config::{LlamaConfig, OptConfig};
@@ -26,33 +27,6 @@ use crate::weights::WeightStore;
 pub enum Arch {
     Llama(Llama),
     Opt(Opt),
-}
-
-/// Keys and values of every layer so far, for generation.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Number of positions already in the cache.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends (KV, n, D) keys/values for layer `i` and returns everything cached for it.
-    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        if self.layers.len() <= i {
-            self.layers.resize(i + 1, None);
-        }
-        let kv = match self.layers[i].take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-            None => (k, v),
-        };
-        self.layers[i] = Some(kv.clone());
-        Ok(kv)
-    }
 }
 
 /// Options of `load_adapter`.

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::base::{attention, Ctx, ModuleTable, Norm};
+use crate::base::{Ctx, ModuleTable, Norm};
 use crate::error::Result;
 use crate::hf_config::{Activation, OptConfig};
 use crate::weights::WeightStore;
@@ -131,23 +131,13 @@ impl Opt {
             } else {
                 x.clone()
             };
-            let q = ctx
-                .linear(l.q, &h)?
-                .reshape((n, nh, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let k = ctx
-                .linear(l.k, &h)?
-                .reshape((n, nh, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let v = ctx
-                .linear(l.v, &h)?
-                .reshape((n, nh, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let (k, v) = cache.append(li, k, v)?;
-            let a = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), None)?;
+            let q = ctx.linear(l.q, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let k = ctx.linear(l.k, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = ctx.linear(l.v, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let layer = cache.layer(li, nh, hd);
+            layer.append(p0, n, &k, &v);
+            let a = layer.attend(&q, n, nh, p0 + n, 1.0 / (hd as f32).sqrt(), None);
+            let a = Tensor::from_vec(a, (n, nh * hd), &Device::Cpu)?;
             x = (residual + ctx.linear(l.out, &a)?)?;
             if !pre {
                 x = ctx.norm(l.attn_norm, &x)?;
