@@ -42,6 +42,28 @@ impl Weight {
     }
 }
 
+/// From this many tokens on (prefill), a quantized matmul dequantizes a tile of rows at a time
+/// and hands it to candle's GEMM, which blocks for the cache and registers far better than a
+/// row-at-a-time kernel; only one tile is ever in f32.
+const GEMM_MIN_TOKENS: usize = 16;
+const GEMM_TILE_ROWS: usize = 256;
+
+fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(q.rows.div_ceil(GEMM_TILE_ROWS));
+    let mut r = 0;
+    while r < q.rows {
+        let rows = GEMM_TILE_ROWS.min(q.rows - r);
+        let mut w = vec![0f32; rows * q.cols];
+        for k in 0..rows {
+            q.dequantize_row(r + k, &mut w[k * q.cols..(k + 1) * q.cols]);
+        }
+        let w = Tensor::from_vec(w, (rows, q.cols), &Device::Cpu)?;
+        parts.push(x.matmul(&w.t()?)?);
+        r += rows;
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
 fn qerr(e: graft_quant::Error) -> graft_core::Error {
     graft_core::Error::Weight(e.to_string())
 }
@@ -52,6 +74,9 @@ impl WeightMatrix for Weight {
             Weight::Dense(w) => w.matmul_t(x),
             Weight::Quant(q) => {
                 let (n, _) = x.dims2()?;
+                if n >= GEMM_MIN_TOKENS {
+                    return tiled_gemm(q, x);
+                }
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let y = q.matmul(&xs, n).map_err(qerr)?;
                 Ok(Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?)

@@ -219,15 +219,9 @@ fn rows_generic<const FMA: bool>(
     let fused = n < 4 && matches!(m.qtype, QType::Q8_0 | QType::Q4_0 | QType::Q4_1);
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
-    let mut buf = if fused {
-        Vec::new()
-    } else {
-        vec![0f32; m.cols]
-    };
-    for i in 0..rows {
-        let r = r0 + i;
-        if fused {
-            let row = &m.data[r * rb..(r + 1) * rb];
+    if fused {
+        for i in 0..rows {
+            let row = &m.data[(r0 + i) * rb..(r0 + i + 1) * rb];
             for t in 0..n {
                 let (xt, st) = (
                     &x[t * m.cols..(t + 1) * m.cols],
@@ -239,13 +233,63 @@ fn rows_generic<const FMA: bool>(
                     fused_row_dot::<false>(m.qtype, row, xt, st)
                 };
             }
-        } else {
-            m.dequantize_row(r, &mut buf);
-            for t in 0..n {
-                out[i * n + t] = dot::<FMA>(&buf, &x[t * m.cols..(t + 1) * m.cols]);
+        }
+        return;
+    }
+    // Many tokens: decode TILE rows once, then each token's x is loaded once for all of them
+    // (the accumulators of TILE rows stay in registers).
+    const TILE: usize = 8;
+    let cols = m.cols;
+    let mut buf = vec![0f32; TILE * cols];
+    let mut i = 0;
+    while i < rows {
+        let tile = TILE.min(rows - i);
+        for k in 0..tile {
+            m.dequantize_row(r0 + i + k, &mut buf[k * cols..(k + 1) * cols]);
+        }
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            if tile == TILE {
+                let d = dot_tile::<FMA>(&buf, xt, cols);
+                for k in 0..TILE {
+                    out[(i + k) * n + t] = d[k];
+                }
+            } else {
+                for k in 0..tile {
+                    out[(i + k) * n + t] = dot::<FMA>(&buf[k * cols..(k + 1) * cols], xt);
+                }
             }
         }
+        i += tile;
     }
+}
+
+/// Eight rows of `w` (8 × cols) dotted with one `x`: each 8-wide slice of x is loaded once for
+/// all eight rows.
+#[inline(always)]
+fn dot_tile<const FMA: bool>(w: &[f32], x: &[f32], cols: usize) -> [f32; 8] {
+    let mut acc = [[0f32; 8]; 8];
+    let full = cols - cols % 8;
+    let mut k = 0;
+    while k < full {
+        let xv: &[f32] = &x[k..k + 8];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let wr = &w[r * cols + k..r * cols + k + 8];
+            for l in 0..8 {
+                a[l] = fmadd::<FMA>(wr[l], xv[l], a[l]);
+            }
+        }
+        k += 8;
+    }
+    let mut out = [0f32; 8];
+    for r in 0..8 {
+        let mut s: f32 = acc[r].iter().sum();
+        for kk in full..cols {
+            s = fmadd::<FMA>(w[r * cols + kk], x[kk], s);
+        }
+        out[r] = s;
+    }
+    out
 }
 
 /// The AVX2 row dots; only reached through `rows_avx2`, i.e. after AVX2+FMA were detected.
@@ -312,7 +356,7 @@ pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     } else {
         // Chunks of rows big enough to amortise scheduling, small enough to balance.
         let threads = rayon::current_num_threads().max(1);
-        let per = m.rows.div_ceil(threads * 4).max(8);
+        let per = m.rows.div_ceil(threads).max(8);
         out_t
             .par_chunks_mut(per * n)
             .enumerate()
@@ -502,6 +546,25 @@ mod speed {
             .collect();
         let m = QMatrix::quantize(QType::Q4_1, rows, cols, &w).unwrap();
         let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
+        let xs: Vec<f32> = (0..cols * 128).map(|i| (i % 13) as f32 / 13.0).collect();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let t = std::time::Instant::now();
+                let mut s = 0f32;
+                for _ in 0..20 {
+                    s += m.matmul(&xs, 128).unwrap()[0];
+                }
+                let dt = t.elapsed().as_secs_f64();
+                println!(
+                    "{threads} threads, 128 tokens: {:.2} GMAC/s ({s})",
+                    (rows * cols * 128 * 20) as f64 / dt / 1e9
+                );
+            });
+        }
         // 150 distinct matrices (≈ 83 MB of Q4_1): weights streamed from memory, as in a model.
         let many: Vec<QMatrix> = (0..150).map(|_| m.clone()).collect();
         for threads in [1, 2] {
