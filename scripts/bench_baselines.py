@@ -21,12 +21,14 @@ What it measures (the same workload as `graft bench`; batch 1, --threads threads
               (argmax) token; EOS is ignored. decode tok/s = 64 / time of those 64 steps (prefill excluded).
     Each configuration does --warmup untimed runs (default 1: first-touch of the weights, thread pool
     and graph setup) and then --runs timed runs (default 3) in one process; the best (max tok/s) per
-    metric is reported, all runs are kept in the JSON. "other load" is the share of the machine's CPU
+    metric is reported, all runs are kept in the JSON (graft bench itself does no warmup run;
+    --warmup 0 reproduces that exactly). "other load" is the share of the machine's CPU
     time that OTHER processes used during the timed runs (/proc/stat minus this process); with 2
     threads on 2 cores any other load slows llama.cpp's spinning thread barrier drastically (seen
-    here: decode 100 tok/s idle, 2-20 tok/s under load), so compare numbers only when it is near 0%. Each (engine, adapter) configuration runs in its own fresh
-    subprocess, one after another, so its peak RSS (getrusage ru_maxrss, includes the Python interpreter
-    and the imported libraries) is its own.
+    here: decode 100 tok/s idle, 2-20 tok/s under load), so compare numbers only when it is near 0%.
+    Each (engine, adapter) configuration runs in its own fresh subprocess, one after another, so its
+    peak RSS (getrusage ru_maxrss, MiB; includes the Python interpreter and the imported libraries;
+    for llama.cpp it counts the mmap'ed GGUF pages it touched) is its own.
 
 Engines
     llama.cpp       llama_cpp.Llama(model_path=GGUF, n_threads=T, n_threads_batch=T, n_ctx=512,
@@ -36,6 +38,14 @@ Engines
                     llama_adapter_lora_init + llama_set_adapters_lora (scale 1.0) -- the same two calls
                     Llama(lora_path=...) makes, but without Llama's side effect of turning mmap off when a
                     lora_path is given, so the base and LoRA runs load the model identically (mmap).
+                    llama_model_params.use_extra_bufts = false (llama.cpp's --no-repack) unless
+                    --llama-extra-bufts: with GGML_NATIVE=ON on a CPU with AMX_INT8 (Sapphire Rapids
+                    class), llama-cpp-python 0.3.36 puts the Q4_1 weights in ggml's AMX buffer type and
+                    the first llama_decode dies with SIGSEGV at `ldtilecfg` in ggml_backend_amx_mul_mat
+                    (upstream: ggml-org/llama.cpp issue #20824, open PR #26954), although AMX itself
+                    works in this VM (a plain C ldtilecfg test passes). For this model the switch changes
+                    nothing else: ggml-cpu has no Q4_1 repack, and the Q8_0 token_embd stays in the
+                    plain CPU buffer because GET_ROWS reads it.
     transformers    the GGUF dequantized to float32 by transformers' GGUF loader exactly as
                     smollm2_common.load_base_model() does, torch.set_num_threads(T),
                     torch.inference_mode(), use_cache=True (DynamicCache), logits_to_keep=1 for the
@@ -296,10 +306,10 @@ def worker_llama(adapter, threads, runs, warmup, extra_bufts=False):
         tok = step(tok)
         gen.append(tok)
     text = llm.detokenize(gen, special=True).decode("utf-8", errors="replace")
-    ref_ids = ref["with_adapter" if adapter else "without_adapter"]["ids"]
+    ref_run = ref["with_adapter" if adapter else "without_adapter"]
     extra = {"load_s": load_s, "background_cpu_busy": background, "use_mmap": True, "use_extra_bufts": extra_bufts, "n_ctx": N_CTX, "n_batch": N_BATCH,
              "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()}
-    return results, gen, text, ref_ids, extra
+    return results, gen, text, ref_run, extra
 
 
 def worker_transformers(adapter, threads, runs, warmup):
@@ -340,16 +350,17 @@ def worker_transformers(adapter, threads, runs, warmup):
             gen.append(tok)
     tokenizer = common.load_tokenizer()
     text = tokenizer.decode(gen, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    ref_ids = ref["with_adapter" if adapter else "without_adapter"]["ids"]
+    ref_run = ref["with_adapter" if adapter else "without_adapter"]
     extra = {"load_s": load_s, "background_cpu_busy": background, "dtype": "float32", "torch_threads": torch.get_num_threads()}
-    return results, gen, text, ref_ids, extra
+    return results, gen, text, ref_run, extra
 
 
 def run_worker(engine, adapter, threads, runs, warmup, llama_extra_bufts):
     if engine == "llama.cpp":
-        results, gen, text, ref_ids, extra = worker_llama(adapter, threads, runs, warmup, llama_extra_bufts)
+        results, gen, text, ref_run, extra = worker_llama(adapter, threads, runs, warmup, llama_extra_bufts)
     else:
-        results, gen, text, ref_ids, extra = worker_transformers(adapter, threads, runs, warmup)
+        results, gen, text, ref_run, extra = worker_transformers(adapter, threads, runs, warmup)
+    ref_ids = ref_run["ids"]
     agree = 0
     for a, b in zip(gen, ref_ids):
         if a != b:
@@ -361,9 +372,13 @@ def run_worker(engine, adapter, threads, runs, warmup, llama_extra_bufts):
         "runs": results,
         "prefill_tok_s": max(r["prefill_tok_s"] for r in results),
         "decode_tok_s": max(r["decode_tok_s"] for r in results),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux: KiB
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # MiB (ru_maxrss is KiB on Linux)
         "sanity": {"prompt": SANITY_USER, "ids": gen, "text": text,
-                   "peft_reference_ids_prefix_agreement": f"{agree}/{len(ref_ids)}"},
+                   "peft_reference_ids_prefix_agreement": f"{agree}/{len(ref_ids)}",
+                   # PEFT's top1-top2 logit gap at the first differing step: a near tie there means the
+                   # divergence is rounding (llama.cpp quantizes activations to 8 bits), not a bug.
+                   "peft_reference_gap_at_divergence": (ref_run["steps"][agree]["gap"]
+                                                        if agree < len(ref_ids) else None)},
         **extra,
     }
     if adapter and not text.lstrip().startswith("Arr"):
@@ -467,7 +482,10 @@ def main():
             else:
                 s = rec["sanity"]
                 print(f"  sanity ({'LoRA' if adapter else 'base'}): {s['text']!r}  "
-                      f"[PEFT reference ids prefix agreement {s['peft_reference_ids_prefix_agreement']}]",
+                      f"[PEFT reference ids prefix agreement {s['peft_reference_ids_prefix_agreement']}"
+                      + ("" if s["peft_reference_gap_at_divergence"] is None else
+                         f"; PEFT's top-2 logit gap at the first difference: {s['peft_reference_gap_at_divergence']:.3f}")
+                      + "]",
                       file=sys.stderr)
                 if "error" in rec:
                     failed = True
@@ -493,9 +511,9 @@ def main():
         json.dump(result, f, indent=2)
         f.write("\n")
 
-    print(f"\nGGUF {common.GGUF_NAME}: {os.path.getsize(gguf) / 1e6:.1f} MB; {vers}; "
+    print(f"\nGGUF {common.GGUF_NAME}: {os.path.getsize(gguf)} bytes ({os.path.getsize(gguf) / 2**20:.1f} MiB); {vers}; "
           f"{result['machine'].get('cpu', '?')}, {args.threads} threads, best of {args.runs}\n")
-    print("| engine | adapter | prefill tok/s (128) | decode tok/s (64) | peak RSS MB | other load |")
+    print("| engine | adapter | prefill tok/s (128) | decode tok/s (64) | peak RSS MiB | other load |")
     print("|---|---|---:|---:|---:|---:|")
     for r in records:
         if "prefill_tok_s" in r:
