@@ -346,7 +346,7 @@ fn peak_rss() -> Option<u64> {
 /// (prefill tokens/s, decode tokens/s), best of `runs`.
 fn bench_once(model: &Model, prompt: &[u32], decode: usize, runs: usize) -> CliResult<(f64, f64)> {
     let (mut best_p, mut best_d) = (0f64, 0f64);
-    for _ in 0..runs.max(1) {
+    for _ in 0..runs {
         let mut cache = graft_models::KvCache::new();
         let t0 = Instant::now();
         let logits = model.forward_last(prompt, &mut cache)?;
@@ -372,11 +372,10 @@ fn bench(
     runs: usize,
     json: Option<&Path>,
 ) -> CliResult<()> {
-    let (mut model, _) = open(args)?;
+    let (mut model, path) = open(args)?;
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 7919) % 10000 + 100) as u32)
         .collect();
-    let path = model_path(args)?;
     let file_bytes: u64 = if path.is_file() {
         std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
     } else {
@@ -394,7 +393,11 @@ fn bench(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let (p_on, d_on) = bench_once(&model, &prompt, decode, runs)?;
+    // Peak memory of one generation (later repetitions only add allocator churn).
+    let first = bench_once(&model, &prompt, decode, 1)?;
+    let peak = peak_rss().unwrap_or(0);
+    let (p_on, d_on) = bench_once(&model, &prompt, decode, runs.saturating_sub(1))?;
+    let (p_on, d_on) = (p_on.max(first.0), d_on.max(first.1));
     let (p_off, d_off) = if has_adapters {
         model.disable_adapters()?;
         let r = bench_once(&model, &prompt, decode, runs)?;
@@ -403,7 +406,6 @@ fn bench(
     } else {
         (p_on, d_on)
     };
-    let peak = peak_rss().unwrap_or(0);
     let kv = model.kv_cache_bytes(prompt_tokens + decode);
     println!("| graft ({threads} threads) | prefill tok/s | decode tok/s |");
     println!("|---|---|---|");
