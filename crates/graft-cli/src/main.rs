@@ -347,7 +347,7 @@ fn peak_rss() -> Option<u64> {
 fn bench_once(model: &Model, prompt: &[u32], decode: usize, runs: usize) -> CliResult<(f64, f64)> {
     let (mut best_p, mut best_d) = (0f64, 0f64);
     for _ in 0..runs {
-        let mut cache = graft_models::KvCache::new();
+        let mut cache = graft_models::KvCache::with_capacity(prompt.len() + decode);
         let t0 = Instant::now();
         let logits = model.forward_last(prompt, &mut cache)?;
         let prefill = t0.elapsed().as_secs_f64();

@@ -22,11 +22,22 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     /// Number of positions already in the cache.
     pub len: usize,
+    /// Positions to reserve up front (a generation knows prompt + new tokens), so the cache
+    /// never grows by doubling past what it needs.
+    reserve: usize,
 }
 
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache that reserves room for `positions` positions per layer on first use.
+    pub fn with_capacity(positions: usize) -> Self {
+        KvCache {
+            reserve: positions,
+            ..Self::default()
+        }
     }
 
     /// Layer `i`'s cache, created on first use.
@@ -38,6 +49,7 @@ impl KvCache {
         if l.kv_heads == 0 {
             l.kv_heads = kv_heads;
             l.head_dim = head_dim;
+            l.grow_exact(self.reserve);
         }
         l
     }
@@ -48,7 +60,13 @@ impl LayerCache {
         if need <= self.cap {
             return;
         }
-        let cap = need.next_power_of_two().max(16);
+        self.grow_exact(need.next_power_of_two().max(16));
+    }
+
+    fn grow_exact(&mut self, cap: usize) {
+        if cap <= self.cap {
+            return;
+        }
         let d = self.head_dim;
         let mut k = vec![0f32; self.kv_heads * cap * d];
         let mut v = vec![0f32; self.kv_heads * cap * d];

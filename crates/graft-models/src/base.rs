@@ -78,7 +78,12 @@ impl WeightMatrix for Weight {
                     return tiled_gemm(q, x);
                 }
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = q.matmul(&xs, n).map_err(qerr)?;
+                let y = if n <= 3 {
+                    q.matmul_shared(&xs, n)
+                } else {
+                    q.matmul(&xs, n)
+                }
+                .map_err(qerr)?;
                 Ok(Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?)
             }
         }

@@ -391,7 +391,8 @@ impl Model {
         mut on_token: impl FnMut(u32),
     ) -> Result<Vec<u32>> {
         let mut sampler = Sampler::new(sampling.clone());
-        let mut cache = KvCache::new();
+        let mut cache =
+            KvCache::with_capacity((prompt.len() + max_new_tokens).min(self.max_positions));
         let mut out = Vec::new();
         if max_new_tokens == 0 {
             return Ok(out);

@@ -341,6 +341,53 @@ fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f3
     rows_generic::<false>(m, x, xsum, n, r0, out)
 }
 
+/// y (n, rows) = x (n, cols) · Wᵀ for a few tokens (decode), on the spinning pool.
+pub fn matvec_spin(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize) -> Vec<f32> {
+    use std::sync::{Arc, Mutex};
+    let pool = crate::pool::SpinPool::global();
+    let parts = pool.parts().min(m.rows.max(1));
+    if parts <= 1 || m.rows * m.cols * n < 1 << 15 {
+        return matmul(m, x, n);
+    }
+    let xsum: Vec<f32> = if m.cols.is_multiple_of(32) {
+        x.chunks_exact(32).map(|c| c.iter().sum()).collect()
+    } else {
+        Vec::new()
+    };
+    let per = m.rows.div_ceil(parts);
+    let slots: Arc<Vec<Mutex<Vec<f32>>>> =
+        Arc::new((0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect());
+    let (mm, xa, xs, sl) = (
+        m.clone(),
+        Arc::new(x.to_vec()),
+        Arc::new(xsum),
+        slots.clone(),
+    );
+    pool.run(Arc::new(move |part| {
+        let r0 = (part * per).min(mm.rows);
+        let r1 = (r0 + per).min(mm.rows);
+        let mut local = vec![0f32; (r1 - r0) * n];
+        if r1 > r0 {
+            rows(&mm, &xa, &xs, n, r0, &mut local);
+        }
+        *sl[part].lock().unwrap_or_else(|p| p.into_inner()) = local;
+    }));
+    let mut out_t = Vec::with_capacity(m.rows * n);
+    for s in slots.iter() {
+        out_t.extend_from_slice(&s.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    if n == 1 {
+        return out_t;
+    }
+    let mut y = vec![0f32; n * m.rows];
+    for r in 0..m.rows {
+        for t in 0..n {
+            y[t * m.rows + r] = out_t[r * n + t];
+        }
+    }
+    y
+}
+
 /// y (n, rows) = x (n, cols) · Wᵀ.
 pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     let xsum: Vec<f32> = if m.cols.is_multiple_of(32) {

@@ -19,6 +19,7 @@
 )]
 
 mod kernels;
+pub mod pool;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -479,6 +480,18 @@ impl QMatrix {
             });
         }
         Ok(kernels::matmul(self, x, n))
+    }
+
+    /// [`QMatrix::matmul`] for a few tokens (decode steps) on the spinning thread pool, which
+    /// avoids a thread wake-up per call.
+    pub fn matmul_shared(self: &std::sync::Arc<Self>, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        if x.len() != n * self.cols {
+            return Err(Error::InputWidth {
+                expected: self.cols,
+                got: x.len() / n.max(1),
+            });
+        }
+        Ok(kernels::matvec_spin(self, x, n))
     }
 
     /// Bytes held (data + scales).
