@@ -60,7 +60,9 @@ pub struct Model {
     pub vocab_size: usize,
     max_positions: usize,
     /// The GGUF metadata when the base came from a GGUF file (tokenizer, chat template).
-    pub gguf_metadata: Option<std::collections::BTreeMap<String, crate::gguf::Value>>,
+    /// The GGUF file's bytes when the base came from one (the quantized weights point into
+    /// them); its metadata (tokenizer, chat template) is parsed again on demand rather than kept.
+    gguf_file: Option<std::sync::Arc<Vec<u8>>>,
     /// `config.json` (or its GGUF equivalent).
     pub config: Value,
     /// Modules that `--quantize` left in f32 because their shape does not fit the blocks.
@@ -94,8 +96,10 @@ impl Model {
             let file = crate::gguf_model::GgufFile::open(path)?;
             let cfg = crate::gguf_model::llama_config(&file.header)?;
             let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
+            let bytes = file.bytes.clone();
+            drop(file); // the parsed metadata (~100k vocabulary strings) is not kept
             let mut m = Self::from_parts(&cfg, &weights, path.display().to_string(), None)?;
-            m.gguf_metadata = Some(file.header.metadata);
+            m.gguf_file = Some(bytes);
             return Ok(m);
         }
         let cfg_path = path.join("config.json");
@@ -149,7 +153,7 @@ impl Model {
             name_or_path,
             vocab_size,
             max_positions,
-            gguf_metadata: None,
+            gguf_file: None,
             config: cfg.clone(),
             kept_dense,
             pool: std::sync::Arc::new(pool),
@@ -429,7 +433,9 @@ impl Model {
 
     /// The GGUF's `tokenizer.*` metadata as a JSON object (for `graft_text::Tokenizer`).
     pub fn gguf_tokenizer_metadata(&self) -> Option<serde_json::Map<String, Value>> {
-        let meta = self.gguf_metadata.as_ref()?;
+        let bytes = self.gguf_file.as_ref()?;
+        // Parsed successfully at load, so it parses again.
+        let meta = crate::gguf::Gguf::parse(bytes).ok()?.metadata;
         Some(
             meta.iter()
                 .filter(|(k, _)| k.starts_with("tokenizer."))
