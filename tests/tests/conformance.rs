@@ -19,8 +19,8 @@ fn tokens(case: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn run_case(name: &str) {
-    let dir = fixtures().join("cases").join(name);
+/// A fixture case: its case.json, and its base with the case's adapters loaded in order.
+fn load_case(dir: &std::path::Path) -> (Value, Model) {
     let case: Value =
         serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
     let base = fixtures()
@@ -34,8 +34,14 @@ fn run_case(name: &str) {
         };
         model
             .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
-            .unwrap_or_else(|e| panic!("{name}: loading {}: {e}", a["name"]));
+            .unwrap_or_else(|e| panic!("{}: loading {}: {e}", dir.display(), a["name"]));
     }
+    (case, model)
+}
+
+fn run_case(name: &str) {
+    let dir = fixtures().join("cases").join(name);
+    let (case, mut model) = load_case(&dir);
     let refs = load_safetensors(&dir.join("logits.safetensors")).unwrap();
     let toks = tokens(&case);
     for run in case["runs"].as_array().unwrap() {
@@ -148,24 +154,10 @@ fn greedy_generation_matches_peft() {
     }
     for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
         let dir = entry.unwrap().path();
-        let case: Value =
-            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+        let (case, mut model) = load_case(&dir);
         let Some(g) = case.get("generation") else {
             continue;
         };
-        let base = fixtures()
-            .join("models")
-            .join(case["model"].as_str().unwrap());
-        let mut model = Model::open_base(&base).unwrap();
-        for a in case["adapters"].as_array().unwrap() {
-            let opts = LoadAdapterOptions {
-                adapter_name: Some(a["name"].as_str().unwrap().into()),
-                ..Default::default()
-            };
-            model
-                .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
-                .unwrap();
-        }
         let n = g["max_new_tokens"].as_u64().unwrap() as usize;
         for (run_name, want) in g["runs"].as_object().unwrap() {
             let run = case["runs"]
