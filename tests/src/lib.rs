@@ -54,3 +54,17 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Copies a fixture folder (recursively) so a test can change it without touching the fixture.
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).expect("create dir");
+    for e in std::fs::read_dir(src).expect("read_dir") {
+        let e = e.expect("dir entry");
+        let to = dst.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).expect("copy");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use graft_core::config::config_from_kwargs;
 use graft_core::tensors::{load_safetensors, LoadedTensor};
 use graft_core::Error as CoreError;
 use graft_models::{Error as ModelError, LoadAdapterOptions, Model};
-use graft_tests::{assert_close, fixtures, max_abs_diff};
+use graft_tests::{assert_close, copy_dir, fixtures, max_abs_diff};
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
@@ -133,19 +133,6 @@ fn core_err(e: ModelError) -> CoreError {
     match e {
         ModelError::Core(c) => c,
         other => panic!("expected a graft-core error, got {other:?}: {other}"),
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("create dir");
-    for e in std::fs::read_dir(src).expect("read_dir") {
-        let e = e.expect("dir entry");
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
     }
 }
 

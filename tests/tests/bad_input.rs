@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use graft_core::tensors::{load_safetensors, serialize_safetensors, LoadedTensor};
 use graft_core::Error as CoreError;
 use graft_models::{Error as ModelError, LoadAdapterOptions, Model};
-use graft_tests::fixtures;
+use graft_tests::{copy_dir, fixtures};
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -23,19 +23,6 @@ const CFG: &str = "adapter_config.json";
 const PREFIX: &str = "base_model.model.";
 const Q_A: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
 const Q_B: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("create dir");
-    for e in std::fs::read_dir(src).expect("read_dir") {
-        let e = e.expect("dir entry");
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
-    }
-}
 
 /// A private copy of `cases/<case>/adapters/<adapter>` (config + weights at its top level).
 fn adapter_copy(case: &str, adapter: &str) -> TempDir {
