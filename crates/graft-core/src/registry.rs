@@ -18,6 +18,13 @@ use crate::matching::{
 };
 use crate::tensors::{serialize_safetensors, LoadedTensor};
 
+/// Versions are drawn from one process-wide counter, so two registries never share one and a
+/// device copy cannot mistake one model's adapters for another's.
+fn next_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Adapters on one model.
 #[derive(Debug, Clone)]
 pub struct AdapterRegistry {
@@ -26,6 +33,9 @@ pub struct AdapterRegistry {
     /// Indices into `adapters`, in the order given to `set_adapter`.
     active: Vec<usize>,
     enabled: bool,
+    /// Bumped by every call that changes what a forward pass computes, so that a device copy
+    /// of the adapters (the GPU path) knows when to refresh itself.
+    version: u64,
 }
 
 impl AdapterRegistry {
@@ -35,7 +45,13 @@ impl AdapterRegistry {
             adapters: Vec::new(),
             active: Vec::new(),
             enabled: true,
+            version: next_version(),
         }
+    }
+
+    /// Changes whenever the adapters, their activation or the enabled flag change.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn inventory(&self) -> &ModuleInventory {
@@ -70,6 +86,7 @@ impl AdapterRegistry {
             return Err(Error::AdapterExists(adapter.name));
         }
         self.adapters.push(adapter);
+        self.version = next_version();
         let idx = self.adapters.len() - 1;
         if self.active.is_empty() || activate {
             self.active = vec![idx];
@@ -119,18 +136,21 @@ impl AdapterRegistry {
             ));
         }
         self.active = idx;
+        self.version = next_version();
         Ok(())
     }
 
     pub fn enable_adapters(&mut self) -> Result<()> {
         self.require_any()?;
         self.enabled = true;
+        self.version = next_version();
         Ok(())
     }
 
     pub fn disable_adapters(&mut self) -> Result<()> {
         self.require_any()?;
         self.enabled = false;
+        self.version = next_version();
         Ok(())
     }
 
@@ -170,6 +190,7 @@ impl AdapterRegistry {
             .filter(|n| !names.contains(&n.as_str()))
             .collect();
         self.adapters.retain(|a| !names.contains(&a.name.as_str()));
+        self.version = next_version();
         self.active = active_names.iter().filter_map(|n| self.index(n)).collect();
         // Like PEFT, fall back to the first remaining adapter when the active one was deleted.
         if self.active.is_empty() && !self.adapters.is_empty() {

@@ -9,27 +9,29 @@ use crate::error::Result;
 use crate::hf_config::{LlamaConfig, RopeScaling};
 use crate::weights::WeightStore;
 
-struct Layer {
-    input_norm: Norm,
-    q: usize,
-    k: usize,
-    v: usize,
-    o: usize,
-    post_norm: Norm,
-    gate: usize,
-    up: usize,
-    down: usize,
+/// One decoder layer: module ids into the [`ModuleTable`] (read by the GPU path).
+pub struct Layer {
+    pub input_norm: Norm,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub o: usize,
+    pub post_norm: Norm,
+    pub gate: usize,
+    pub up: usize,
+    pub down: usize,
 }
 
 /// A Llama-family decoder. Module ids point into the shared [`ModuleTable`].
 pub struct Llama {
     pub cfg: LlamaConfig,
-    embed: usize,
-    layers: Vec<Layer>,
-    norm: Norm,
-    head: usize,
-    tied: bool,
-    inv_freq: Vec<f32>,
+    pub embed: usize,
+    pub layers: Vec<Layer>,
+    pub norm: Norm,
+    pub head: usize,
+    pub tied: bool,
+    /// RoPE inverse frequencies (after rope scaling), head_dim / 2 of them.
+    pub inv_freq: Vec<f32>,
 }
 
 impl Llama {

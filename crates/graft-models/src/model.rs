@@ -173,6 +173,21 @@ impl Model {
         Ok(model)
     }
 
+    /// The architecture and its module ids (read by the GPU path).
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    /// The base modules and their parameters (read by the GPU path).
+    pub fn table(&self) -> &ModuleTable {
+        &self.table
+    }
+
+    /// The longest sequence the model takes (`max_position_embeddings`).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
     pub fn registry(&self) -> &AdapterRegistry {
         &self.registry
     }

@@ -9,32 +9,33 @@ use crate::error::Result;
 use crate::hf_config::{Activation, OptConfig};
 use crate::weights::WeightStore;
 
-struct Layer {
-    q: usize,
-    k: usize,
-    v: usize,
-    out: usize,
-    attn_norm: Norm,
-    fc1: usize,
-    fc2: usize,
-    final_norm: Norm,
+/// One decoder layer: module ids into the [`ModuleTable`] (read by the GPU path).
+pub struct Layer {
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub out: usize,
+    pub attn_norm: Norm,
+    pub fc1: usize,
+    pub fc2: usize,
+    pub final_norm: Norm,
 }
 
 /// An OPT decoder.
 pub struct Opt {
     pub cfg: OptConfig,
-    embed: usize,
-    positions: usize,
-    project_in: Option<usize>,
-    project_out: Option<usize>,
-    final_norm: Option<Norm>,
-    layers: Vec<Layer>,
-    head: usize,
-    tied: bool,
+    pub embed: usize,
+    pub positions: usize,
+    pub project_in: Option<usize>,
+    pub project_out: Option<usize>,
+    pub final_norm: Option<Norm>,
+    pub layers: Vec<Layer>,
+    pub head: usize,
+    pub tied: bool,
 }
 
 /// OPT's learned positional embedding skips its first two rows.
-const POSITION_OFFSET: usize = 2;
+pub const POSITION_OFFSET: usize = 2;
 
 impl Opt {
     pub fn build(cfg: OptConfig, w: &WeightStore, t: &mut ModuleTable) -> Result<Self> {

@@ -1,0 +1,37 @@
+//! Errors of the GPU path. wgpu reports device errors through a callback; `Gpu` collects them
+//! and turns them into these typed errors instead of wgpu's default handler, which panics.
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no GPU adapter found ({0}); run with --device cpu, or install a Vulkan/Metal/DX12 driver (Mesa's lavapipe gives a software one: apt-get install mesa-vulkan-drivers)")]
+    NoAdapter(String),
+    #[error("the GPU refused the device graft asked for: {0}")]
+    RequestDevice(String),
+    #[error("this model needs {what} = {need}, but the GPU allows at most {limit}")]
+    LimitExceeded {
+        what: &'static str,
+        need: u64,
+        limit: u64,
+    },
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    #[error("GPU validation error (a bug in graft; please report it): {0}")]
+    Validation(String),
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    #[error("not supported on the GPU path yet: {0} (use --device cpu)")]
+    Unsupported(String),
+    #[error(transparent)]
+    Model(#[from] graft_models::Error),
+    #[error(transparent)]
+    Core(#[from] graft_core::Error),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,17 @@
+//! graft-gpu: the GPU path. WGSL kernels (`shaders/`) run through wgpu on Vulkan, Metal, DX12
+//! and WebGPU; the whole Llama/OPT forward pass with PEFT adapters folded into the kernels.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod model;
+pub mod weights;
+
+pub use device::{Gpu, GpuInfo, GpuOptions};
+pub use error::{Error, Result};
+pub use model::{GpuModel, GpuModelOptions, GpuStats};

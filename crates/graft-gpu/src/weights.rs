@@ -1,0 +1,236 @@
+//! Weight matrices in the GPU layouts of `shaders/formats/`: GGML blocks are split into u32
+//! words of packed values and a separate scale array, so that every load is a whole aligned
+//! word (an 18- or 34-byte block is not) while the bytes per weight stay those of the file.
+
+use graft_quant::{QMatrix, QType};
+use wgpu::util::DeviceExt;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kernels::{Fmt, WeightDesc};
+
+/// A matrix packed for the GPU, still on the host.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub fmt: Fmt,
+    pub desc: WeightDesc,
+    /// Chunks of 8 columns the kernels may read with `w8` (the rest go through `w1`).
+    pub c8n: u32,
+    pub wq: Vec<u32>,
+    pub ws: Vec<u32>,
+}
+
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(b)
+        })
+        .collect()
+}
+
+fn f16_pairs(halves: &[u16]) -> Vec<u32> {
+    halves
+        .chunks(2)
+        .map(|c| c[0] as u32 | (c.get(1).copied().unwrap_or(0) as u32) << 16)
+        .collect()
+}
+
+fn to_u32(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::LimitExceeded {
+        what: "elements in one matrix",
+        need: v as u64,
+        limit: u32::MAX as u64,
+    })
+}
+
+impl Packed {
+    /// A dense f32 (rows, cols) matrix.
+    pub fn f32(rows: usize, cols: usize, values: &[f32]) -> Result<Packed> {
+        Ok(Packed {
+            fmt: Fmt::F32,
+            desc: WeightDesc {
+                rows: to_u32(rows)?,
+                cols: to_u32(cols)?,
+                row_words: to_u32(cols)?,
+                row_swords: 0,
+            },
+            c8n: to_u32(cols / 8)?,
+            wq: values.iter().map(|v| v.to_bits()).collect(),
+            ws: Vec::new(),
+        })
+    }
+
+    /// A quantized matrix in its GPU layout.
+    pub fn from_qmatrix(q: &QMatrix) -> Result<Packed> {
+        let (rows, cols) = (q.rows, q.cols);
+        let data: &[u8] = &q.data;
+        let rb = if rows == 0 { 0 } else { data.len() / rows };
+        let mut wq = Vec::new();
+        let mut ws = Vec::new();
+        let (fmt, row_words, row_swords, c8n) = match q.qtype {
+            QType::F32 => (Fmt::F32, cols, 0, cols / 8),
+            QType::F16 | QType::BF16 => {
+                for r in 0..rows {
+                    wq.extend(words(&data[r * rb..(r + 1) * rb]));
+                }
+                let f = if q.qtype == QType::F16 {
+                    Fmt::F16
+                } else {
+                    Fmt::Bf16
+                };
+                (f, cols.div_ceil(2), 0, cols / 8)
+            }
+            QType::Int8 => {
+                for r in 0..rows {
+                    wq.extend(words(&data[r * rb..(r + 1) * rb]));
+                }
+                ws = q.scales.iter().map(|s| s.to_bits()).collect();
+                (Fmt::Int8, cols.div_ceil(4), 1, cols / 8)
+            }
+            QType::Nf4 => {
+                wq = words(data);
+                ws = q.scales.iter().map(|s| s.to_bits()).collect();
+                let c8n = if cols % 8 == 0 { cols / 8 } else { 0 };
+                (Fmt::Nf4, 0, 0, c8n)
+            }
+            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 => {
+                let blocks = cols / 32;
+                let (bb, hdr) = match q.qtype {
+                    QType::Q8_0 => (34, 2),
+                    QType::Q4_0 => (18, 2),
+                    _ => (20, 4),
+                };
+                let mut scales16: Vec<u16> = Vec::new();
+                for r in 0..rows {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    let mut rs: Vec<u16> = Vec::with_capacity(blocks * 2);
+                    for b in row.chunks_exact(bb) {
+                        rs.push(u16::from_le_bytes([b[0], b[1]]));
+                        if hdr == 4 {
+                            rs.push(u16::from_le_bytes([b[2], b[3]]));
+                        }
+                        wq.extend(words(&b[hdr..]));
+                    }
+                    if hdr == 2 && rs.len() % 2 == 1 {
+                        rs.push(0); // rows keep whole words of scales
+                    }
+                    scales16.extend(rs);
+                }
+                ws = f16_pairs(&scales16);
+                let (fmt, rw, rsw) = match q.qtype {
+                    QType::Q8_0 => (Fmt::Q8_0, blocks * 8, blocks.div_ceil(2)),
+                    QType::Q4_0 => (Fmt::Q4_0, blocks * 4, blocks.div_ceil(2)),
+                    _ => (Fmt::Q4_1, blocks * 4, blocks),
+                };
+                (fmt, rw, rsw, cols / 8)
+            }
+        };
+        if q.qtype == QType::F32 {
+            wq = words(data);
+        }
+        Ok(Packed {
+            fmt,
+            desc: WeightDesc {
+                rows: to_u32(rows)?,
+                cols: to_u32(cols)?,
+                row_words: to_u32(row_words)?,
+                row_swords: to_u32(row_swords)?,
+            },
+            c8n: to_u32(c8n)?,
+            wq,
+            ws,
+        })
+    }
+
+    /// Stacks matrices of one format and width row-wise (q, k and v as one matrix). `None`
+    /// when their layouts cannot be joined (NF4 blocks straddling the seam).
+    pub fn concat(parts: &[Packed]) -> Option<Packed> {
+        let first = parts.first()?;
+        let same = parts.iter().all(|p| {
+            p.fmt == first.fmt
+                && p.desc.cols == first.desc.cols
+                && p.desc.row_words == first.desc.row_words
+                && p.desc.row_swords == first.desc.row_swords
+        });
+        if !same {
+            return None;
+        }
+        if first.fmt == Fmt::Nf4
+            && parts
+                .iter()
+                .any(|p| (p.desc.rows as u64 * p.desc.cols as u64) % 64 != 0)
+        {
+            return None;
+        }
+        let rows: u32 = parts.iter().map(|p| p.desc.rows).sum();
+        Some(Packed {
+            fmt: first.fmt,
+            desc: WeightDesc { rows, ..first.desc },
+            c8n: first.c8n,
+            wq: parts.iter().flat_map(|p| p.wq.iter().copied()).collect(),
+            ws: parts.iter().flat_map(|p| p.ws.iter().copied()).collect(),
+        })
+    }
+
+    /// Bytes of weights a pass over the matrix reads.
+    pub fn nbytes(&self) -> u64 {
+        4 * (self.wq.len() + self.ws.len()) as u64
+    }
+}
+
+/// A matrix resident on the GPU.
+#[derive(Debug, Clone)]
+pub struct GpuWeight {
+    pub fmt: Fmt,
+    pub desc: WeightDesc,
+    pub c8n: u32,
+    pub wq: wgpu::Buffer,
+    pub ws: wgpu::Buffer,
+    pub nbytes: u64,
+}
+
+/// A storage buffer holding `data` (at least one word: empty bindings are invalid).
+pub fn storage(gpu: &Gpu, label: &'static str, data: &[u32]) -> Result<wgpu::Buffer> {
+    let bytes = (data.len().max(1) * 4) as u64;
+    gpu.check_binding(label, bytes)?;
+    let buf = if data.is_empty() {
+        gpu.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&[0u32]),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            })
+    } else {
+        gpu.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            })
+    };
+    Ok(buf)
+}
+
+/// f32 data as a storage buffer.
+pub fn storage_f32(gpu: &Gpu, label: &'static str, data: &[f32]) -> Result<wgpu::Buffer> {
+    let w: &[u32] = bytemuck::cast_slice(data);
+    storage(gpu, label, w)
+}
+
+impl GpuWeight {
+    pub fn upload(gpu: &Gpu, p: &Packed) -> Result<GpuWeight> {
+        Ok(GpuWeight {
+            fmt: p.fmt,
+            desc: p.desc,
+            c8n: p.c8n,
+            wq: storage(gpu, "weights", &p.wq)?,
+            ws: storage(gpu, "scales", &p.ws)?,
+            nbytes: p.nbytes(),
+        })
+    }
+}

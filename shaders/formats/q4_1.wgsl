@@ -1,0 +1,24 @@
+// GGML Q4_1: blocks of 32 four-bit values (4 words), value = q·d + m, with (d, m) as one f16
+// pair per block in `ws`. Element order as Q4_0.
+fn nib4(w: u32) -> vec4<f32> {
+    return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u), f32((w >> 16u) & 15u), f32((w >> 24u) & 15u));
+}
+
+fn w8(row: u32, c8: u32) -> W8 {
+    let blk = c8 / 4u;
+    let ch = c8 & 3u;
+    let b = row * P.wd.row_words + blk * 4u + (ch & 1u) * 2u;
+    let sh = (ch >> 1u) * 4u;
+    let dm = h2(ws[row * P.wd.row_swords + blk]);
+    return W8(nib4(wq[b] >> sh) * dm.x + dm.y, nib4(wq[b + 1u] >> sh) * dm.x + dm.y);
+}
+
+fn w1(row: u32, col: u32) -> f32 {
+    let blk = col / 32u;
+    let j = col & 31u;
+    let byte = j & 15u;
+    let w = wq[row * P.wd.row_words + blk * 4u + byte / 4u];
+    let q = (w >> ((byte & 3u) * 8u + (j / 16u) * 4u)) & 15u;
+    let dm = h2(ws[row * P.wd.row_swords + blk]);
+    return f32(q) * dm.x + dm.y;
+}

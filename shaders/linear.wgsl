@@ -1,0 +1,166 @@
+// y = epilogue(W · x) for `n` tokens: the matmul (prefill) and mat-vec (decode) of every Linear
+// module, with the adapters folded in. W is (rows, cols) in any format (the decoder appended to
+// this file); x is (n, cols) with row stride x_stride.
+//
+// A workgroup computes RPW output rows for TN tokens (TN is a per-variant constant in the
+// preamble; 1 for decode). The WG / RPW threads of a row split the columns in chunks of 8 and
+// reduce through workgroup memory, which works on every device (subgroups are not required).
+//
+// Epilogue, in PEFT's order for one module (see ARCHITECTURE.md, "adapters on the GPU"):
+//   v = Σ W·(x ⊙ in_scale)          IA3 on a feed-forward input
+//   v = v · dora                    DoRA's m / ‖W + s·B·A‖ (at most one DoRA adapter)
+//   v = v + bias
+//   v = v · out_scale               IA3 on the output
+//   v = v + post_bias               lora_bias terms, s·b_B
+//   v = v + Σ_j t[j] · B[row, j]    LoRA's expand; t = x·Aᵀ came from a shrink dispatch and the
+//                                   scale (and DoRA factor) is folded into B at load
+//   y = v (+ y)                     ACCUM: the residual add
+//
+// Several modules that share an input (q, k, v; gate, up) run as one dispatch over their
+// concatenated rows; `seg` says where each module's rows end and where its LoRA ranks sit.
+
+const F_BIAS: u32 = 1u;
+const F_OUT_SCALE: u32 = 2u;
+const F_IN_SCALE: u32 = 4u;
+const F_DORA: u32 = 8u;
+const F_POST_BIAS: u32 = 16u;
+const F_LORA: u32 = 32u;
+const F_ACCUM: u32 = 64u;
+
+struct Seg {
+    // one past the module's last row in the group
+    end: u32,
+    // the module's first rank in a token's row of `lt`
+    t_off: u32,
+    // the module's total rank (all active adapters)
+    r: u32,
+    // offset of the module's first B row in `lb` (rows of r values)
+    b_off: u32,
+}
+
+struct Params {
+    wd: WeightDesc,
+    n: u32,
+    x_stride: u32,
+    y_stride: u32,
+    y_off: u32,
+    flags: u32,
+    bias_off: u32,
+    scale_off: u32,
+    dora_off: u32,
+    post_off: u32,
+    in_off: u32,
+    t_stride: u32,
+    nseg: u32,
+    c8n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    seg: array<Seg, 4>,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wq: array<u32>;
+@group(0) @binding(3) var<storage, read> ws: array<u32>;
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+@group(0) @binding(5) var<storage, read> lt: array<f32>;
+@group(0) @binding(6) var<storage, read> lb: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+
+override WG: u32 = 256u;
+override RPW: u32 = 8u;
+
+// WG · TN partial sums; WG ≤ 256 and TN ≤ 8.
+var<workgroup> red: array<f32, 2048>;
+
+fn xv(t: u32, c: u32) -> vec4<f32> {
+    let b = t * P.x_stride + c;
+    return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+}
+
+fn sv(c: u32) -> vec4<f32> {
+    let b = P.in_off + c;
+    return vec4<f32>(aux[b], aux[b + 1u], aux[b + 2u], aux[b + 3u]);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tpr = WG / RPW;
+    let lane = li % tpr;
+    let row = wid.x * RPW + li / tpr;
+    let t0 = wid.y * TN;
+    var acc: array<f32, TN>;
+    if (row < P.wd.rows) {
+        let in_scaled = (P.flags & F_IN_SCALE) != 0u;
+        for (var c = lane; c < P.c8n; c += tpr) {
+            let w = w8(row, c);
+            var wa = w.a;
+            var wb = w.b;
+            if (in_scaled) {
+                wa *= sv(c * 8u);
+                wb *= sv(c * 8u + 4u);
+            }
+            for (var t = 0u; t < TN; t++) {
+                let tt = min(t0 + t, P.n - 1u);
+                acc[t] += dot(wa, xv(tt, c * 8u)) + dot(wb, xv(tt, c * 8u + 4u));
+            }
+        }
+        for (var c = P.c8n * 8u + lane; c < P.wd.cols; c += tpr) {
+            var w = w1(row, c);
+            if (in_scaled) {
+                w *= aux[P.in_off + c];
+            }
+            for (var t = 0u; t < TN; t++) {
+                let tt = min(t0 + t, P.n - 1u);
+                acc[t] += w * x[tt * P.x_stride + c];
+            }
+        }
+    }
+    for (var t = 0u; t < TN; t++) {
+        red[li * TN + t] = acc[t];
+    }
+    workgroupBarrier();
+    let tok = t0 + lane;
+    if (row >= P.wd.rows || lane >= TN || tok >= P.n) {
+        return;
+    }
+    let first = (li - lane) * TN + lane;
+    var v = 0.0;
+    for (var j = 0u; j < tpr; j++) {
+        v += red[first + j * TN];
+    }
+    let f = P.flags;
+    if ((f & F_DORA) != 0u) {
+        v *= aux[P.dora_off + row];
+    }
+    if ((f & F_BIAS) != 0u) {
+        v += aux[P.bias_off + row];
+    }
+    if ((f & F_OUT_SCALE) != 0u) {
+        v *= aux[P.scale_off + row];
+    }
+    if ((f & F_POST_BIAS) != 0u) {
+        v += aux[P.post_off + row];
+    }
+    if ((f & F_LORA) != 0u) {
+        var start = 0u;
+        for (var s = 0u; s < P.nseg; s++) {
+            let sg = P.seg[s];
+            if (row < sg.end) {
+                let tb = tok * P.t_stride + sg.t_off;
+                let bb = sg.b_off + (row - start) * sg.r;
+                for (var j = 0u; j < sg.r; j++) {
+                    v += lt[tb + j] * lb[bb + j];
+                }
+                break;
+            }
+            start = sg.end;
+        }
+    }
+    let yi = tok * P.y_stride + P.y_off + row;
+    if ((f & F_ACCUM) != 0u) {
+        v += y[yi];
+    }
+    y[yi] = v;
+}
