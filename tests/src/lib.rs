@@ -68,3 +68,45 @@ pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
         }
     }
 }
+
+/// The GPU the tests share, or `None` (with a message) where no adapter exists. With
+/// `GRAFT_REQUIRE_GPU=1` (CI, on Mesa's lavapipe) a missing GPU fails the test instead.
+pub fn test_gpu() -> Option<graft_gpu::Gpu> {
+    static GPU: std::sync::OnceLock<Result<graft_gpu::Gpu, String>> = std::sync::OnceLock::new();
+    let g = GPU.get_or_init(|| {
+        graft_gpu::Gpu::new_blocking(&graft_gpu::GpuOptions::default()).map_err(|e| e.to_string())
+    });
+    match g {
+        Ok(g) => Some(g.clone()),
+        Err(e) => {
+            assert!(
+                std::env::var("GRAFT_REQUIRE_GPU").as_deref() != Ok("1"),
+                "GRAFT_REQUIRE_GPU=1 but no GPU: {e}"
+            );
+            eprintln!("skipping a GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// The real model's GGUF (fetched by scripts/fetch_default_model.sh), or `None` with a message.
+/// With GRAFT_REQUIRE_REAL_MODEL set (CI), a missing file fails the test instead.
+pub fn real_model() -> Option<PathBuf> {
+    let p = fixtures()
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .components()
+        .collect::<PathBuf>();
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("GRAFT_REQUIRE_REAL_MODEL").is_none(),
+        "GRAFT_REQUIRE_REAL_MODEL is set but {} is missing (run scripts/fetch_default_model.sh)",
+        p.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (run scripts/fetch_default_model.sh)",
+        p.display()
+    );
+    None
+}

@@ -18,20 +18,7 @@ fn root() -> PathBuf {
 }
 
 fn gguf() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("GRAFT_REQUIRE_REAL_MODEL").is_none(),
-        "GRAFT_REQUIRE_REAL_MODEL is set but {} is missing (run scripts/fetch_default_model.sh)",
-        p.display()
-    );
-    eprintln!(
-        "skipped: {} is missing (run scripts/fetch_default_model.sh)",
-        p.display()
-    );
-    None
+    graft_tests::real_model()
 }
 
 fn json(name: &str) -> Value {

@@ -192,16 +192,21 @@ pub struct GpuWeight {
     pub nbytes: u64,
 }
 
-/// A storage buffer holding `data` (at least one word: empty bindings are invalid).
+/// A storage buffer holding `data` (at least four words: an empty binding is invalid, and a
+/// binding must hold at least one element of the shader's array, up to a vec4).
 pub fn storage(gpu: &Gpu, label: &'static str, data: &[u32]) -> Result<wgpu::Buffer> {
-    let bytes = (data.len().max(1) * 4) as u64;
+    let bytes = (data.len().max(4) * 4) as u64;
     gpu.check_binding(label, bytes)?;
-    let buf = if data.is_empty() {
+    let buf = if data.len() < 4 {
+        let mut padded = [0u32; 4];
+        padded[..data.len()].copy_from_slice(data);
         gpu.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
-                contents: bytemuck::cast_slice(&[0u32]),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                contents: bytemuck::cast_slice(&padded),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
             })
     } else {
         gpu.device

@@ -1,0 +1,153 @@
+//! The whole model on the GPU against the CPU path (which matches PEFT to 1e-4): every
+//! conformance fixture, every run (adapters switched, disabled, several active), logits within
+//! 1e-3·max(1, |cpu|); greedy generation equal; errors instead of panics.
+
+use graft_gpu::{GpuModel, GpuModelOptions};
+use graft_models::{LoadAdapterOptions, Model};
+use graft_tests::{assert_close, fixtures, test_gpu};
+use serde_json::Value;
+
+const TOL: f32 = 1e-3;
+
+fn tokens(case: &Value) -> Vec<u32> {
+    case["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn load_case(dir: &std::path::Path) -> (Value, Model) {
+    let case: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+    let base = fixtures()
+        .join("models")
+        .join(case["model"].as_str().unwrap());
+    let mut model = Model::open_base(&base).unwrap();
+    for a in case["adapters"].as_array().unwrap() {
+        let opts = LoadAdapterOptions {
+            adapter_name: Some(a["name"].as_str().unwrap().to_string()),
+            ..Default::default()
+        };
+        model
+            .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
+            .unwrap();
+    }
+    (case, model)
+}
+
+#[test]
+fn every_conformance_case_matches_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let mut cases: Vec<_> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 15);
+    let mut checked = 0;
+    for dir in cases {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let (case, mut model) = load_case(&dir);
+        let mut g = GpuModel::new(&gpu, &model, &GpuModelOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let toks = tokens(&case);
+        let compiled_after_first = std::cell::Cell::new(None);
+        for run in case["runs"].as_array().unwrap() {
+            let run_name = run["name"].as_str().unwrap();
+            if run["disabled"].as_bool().unwrap() {
+                model.disable_adapters().unwrap();
+            } else {
+                model.enable_adapters().unwrap();
+                let active: Vec<&str> = run["active"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                model.set_adapter(&active).unwrap();
+            }
+            let cpu = model.logits(&toks).unwrap();
+            g.reset();
+            let got = g
+                .forward(&model, &toks, false)
+                .unwrap_or_else(|e| panic!("{name}/{run_name}: {e}"));
+            assert_close(&format!("{name}/{run_name} (gpu)"), &got, &cpu, TOL);
+            // token by token through the KV cache: the decode kernels
+            g.reset();
+            let mut last = None;
+            for &t in &toks {
+                last = Some(g.forward(&model, &[t], true).unwrap());
+            }
+            let cpu_last = cpu.narrow(0, toks.len() - 1, 1).unwrap();
+            assert_close(
+                &format!("{name}/{run_name} (gpu decode)"),
+                &last.unwrap(),
+                &cpu_last,
+                TOL,
+            );
+            match compiled_after_first.get() {
+                None => compiled_after_first.set(Some(g.pipelines_compiled())),
+                Some(c) => assert_eq!(
+                    g.pipelines_compiled(),
+                    c,
+                    "{name}/{run_name}: switching adapters compiled a pipeline"
+                ),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 23, "only {checked} runs checked");
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// SmolLM2-135M (Q4_1 GGUF, Q8_0 tied embedding) with and without the demo LoRA: prefill logits
+/// within 1e-3 of the CPU's and greedy tokens equal to the CPU's for every prompt.
+#[test]
+fn real_model_greedy_tokens_equal_the_cpu() {
+    let Some(path) = graft_tests::real_model() else {
+        return;
+    };
+    let Some(gpu) = test_gpu() else { return };
+    let g: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("real/generation.json")).unwrap())
+            .unwrap();
+    let mut m = Model::open_base(&path).unwrap();
+    let mut gm = GpuModel::new(
+        &gpu,
+        &m,
+        &GpuModelOptions {
+            max_context: Some(256),
+        },
+    )
+    .unwrap();
+    let adapter = fixtures().join("../../adapters/smollm2-pirate");
+    for with in [false, true] {
+        if with {
+            m.load_adapter(&adapter, LoadAdapterOptions::default())
+                .unwrap();
+        }
+        for (i, p) in g["prompts"].as_array().unwrap().iter().enumerate() {
+            let prompt = ids(&p["prompt_ids"]);
+            if i == 0 {
+                let cpu = m.forward_last(&prompt, &mut Default::default()).unwrap();
+                gm.reset();
+                let got = gm.forward(&m, &prompt, true).unwrap();
+                assert_close(&format!("prefill adapter={with}"), &got, &cpu, TOL);
+            }
+            let cpu = m.generate(&prompt, 24, &[], |_| {}).unwrap();
+            let got = gm
+                .generate(&m, &prompt, 24, &[], &Default::default(), |_| {})
+                .unwrap();
+            assert_eq!(got, cpu, "prompt {i}, adapter={with}");
+        }
+    }
+}
