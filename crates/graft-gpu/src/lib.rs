@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod weights;
 
 pub use device::{Gpu, GpuInfo, GpuOptions};

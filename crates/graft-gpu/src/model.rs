@@ -1533,7 +1533,7 @@ impl GpuModel {
 }
 
 /// Maps `buf` and copies out its first `bytes` bytes (native: blocks on the device).
-fn read_mapped(gpu: &Gpu, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_mapped(gpu: &Gpu, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
     let slice = buf.slice(..bytes.next_multiple_of(4));
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
