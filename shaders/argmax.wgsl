@@ -47,8 +47,9 @@ fn main(@builtin(local_invocation_index) li: u32) {
         var v = logits[P.row_off + i];
         if (gumbel) {
             let h = hash(hash(hash(P.seed) ^ pos) ^ i);
-            // u in (0, 1)
-            let u = (f32(h >> 8u) + 0.5) / 16777216.0;
+            // u in (0, 1): 23 bits, so that k + 0.5 is exact in f32 (with 24 bits the largest
+            // k + 0.5 rounds up to 2^24, u = 1 and the noise is infinite)
+            let u = (f32(h >> 9u) + 0.5) / 8388608.0;
             v = v * P.inv_temp - log(-log(u));
         }
         if (v > best || besti == 0xffffffffu) {

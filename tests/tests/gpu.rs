@@ -126,6 +126,7 @@ fn real_model_greedy_tokens_equal_the_cpu() {
         &m,
         &GpuModelOptions {
             max_context: Some(256),
+            ..Default::default()
         },
     )
     .unwrap();

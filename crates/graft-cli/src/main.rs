@@ -10,6 +10,7 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use graft_core::files::{is_adapter_dir, read_adapter_dir};
 use graft_core::tensors::{serialize_safetensors, LoadedTensor};
+use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
 use graft_models::model::{default_model_path, resolve_base_path, DEFAULT_MODEL_ID};
 use graft_models::{LoadAdapterOptions, Model, OpenOptions, Sampling};
 use graft_quant::QType;
@@ -76,6 +77,9 @@ enum Command {
     /// Prefill and decode tokens/s (with adapters on and off), peak memory. The workload is
     /// fixed (prompt ids (i·7919 mod 10000) + 100, greedy, no EOS) so that
     /// scripts/bench_baselines.py runs the same one on llama.cpp and transformers+PEFT.
+    /// With --device gpu: prefill, decode with no adapter / LoRA r=8 q,v / LoRA r=16 on all
+    /// linear layers / IA3, dispatches and submits per token, and quantized mat-vec bandwidth
+    /// next to a copy kernel's.
     Bench {
         #[command(flatten)]
         model: ModelArgs,
@@ -91,6 +95,10 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// GPU only: upload the Linear weights as f16 instead of their own format (the f16 row
+        /// of the benchmark, from the same model).
+        #[arg(long)]
+        f16_weights: bool,
     },
     /// The load report of an adapter: method, targeted modules, ranks and scales, tensors used.
     Inspect {
@@ -128,9 +136,18 @@ struct ModelArgs {
     /// Load adapters that only partly fit the base, with warnings, instead of failing.
     #[arg(long)]
     allow_partial: bool,
+    /// Where to run: gpu (any wgpu adapter, software ones included), cpu, or auto (a hardware
+    /// GPU when there is one and the model runs there, else the CPU; says which on stderr).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
+    device: String,
+    /// Positions the GPU's KV cache holds (default: the model's maximum, at most 4096).
+    #[arg(long)]
+    max_context: Option<usize>,
 }
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+mod bench_gpu;
 
 fn parse_adapter_arg(s: &str) -> (String, PathBuf) {
     // NAME=DIR, unless the part before '=' looks like a path.
@@ -218,10 +235,63 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
     Ok((model, base_dir))
 }
 
+/// Where forward passes run.
+enum Runner {
+    Cpu,
+    Gpu(Box<GpuModel>),
+}
+
+/// Picks the device as `--device` says. `auto` takes a hardware GPU only: graft's CPU path is
+/// faster than a software rasterizer (lavapipe, SwiftShader) pretending to be a GPU.
+fn runner(args: &ModelArgs, model: &Model) -> CliResult<Runner> {
+    let opts = GpuModelOptions {
+        max_context: args.max_context,
+        ..Default::default()
+    };
+    match args.device.as_str() {
+        "cpu" => Ok(Runner::Cpu),
+        "gpu" => {
+            let gpu = Gpu::new_blocking(&GpuOptions::default())?;
+            eprintln!("graft: running on {} ({})", gpu.info.name, gpu.info.backend);
+            Ok(Runner::Gpu(Box::new(GpuModel::new(&gpu, model, &opts)?)))
+        }
+        _ => {
+            let gpu = match Gpu::new_blocking(&GpuOptions::default()) {
+                Ok(g) if !g.info.is_software => g,
+                Ok(g) => {
+                    eprintln!(
+                        "graft: running on the CPU (the only GPU adapter, {}, is a software one; --device gpu uses it)",
+                        g.info.name
+                    );
+                    return Ok(Runner::Cpu);
+                }
+                Err(e) => {
+                    eprintln!("graft: running on the CPU ({e})");
+                    return Ok(Runner::Cpu);
+                }
+            };
+            match GpuModel::new(&gpu, model, &opts) {
+                Ok(m) => {
+                    eprintln!("graft: running on {} ({})", gpu.info.name, gpu.info.backend);
+                    Ok(Runner::Gpu(Box::new(m)))
+                }
+                Err(e) => {
+                    eprintln!("graft: running on the CPU: {e}");
+                    Ok(Runner::Cpu)
+                }
+            }
+        }
+    }
+}
+
 fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> CliResult<()> {
     let (model, _) = open(args)?;
+    let mut run = runner(args, &model)?;
     let t0 = Instant::now();
-    let logits = model.logits(tokens)?;
+    let logits = match &mut run {
+        Runner::Cpu => model.logits(tokens)?,
+        Runner::Gpu(g) => g.forward(&model, tokens, false)?,
+    };
     let mut map = BTreeMap::new();
     map.insert(
         "logits".to_string(),
@@ -266,6 +336,7 @@ struct GenArgs<'a> {
 
 fn generate(args: &ModelArgs, g: GenArgs) -> CliResult<()> {
     let (model, base_dir) = open(args)?;
+    let mut run = runner(args, &model)?;
     let mut eos = model.eos_token_ids();
     let tokenizer = match g.tokens {
         Some(_) => None,
@@ -300,7 +371,7 @@ fn generate(args: &ModelArgs, g: GenArgs) -> CliResult<()> {
     let mut stdout = std::io::stdout();
     let mut produced: Vec<u32> = Vec::new();
     let mut printed = String::new();
-    let out = model.generate_with(&ids, g.max_new, &eos, &g.sampling, |tok| {
+    let on_token = |tok: u32| {
         first_token_at.get_or_insert_with(|| t0.elapsed());
         produced.push(tok);
         match &tokenizer {
@@ -319,7 +390,11 @@ fn generate(args: &ModelArgs, g: GenArgs) -> CliResult<()> {
             }
         }
         let _ = stdout.flush();
-    })?;
+    };
+    let out = match &mut run {
+        Runner::Cpu => model.generate_with(&ids, g.max_new, &eos, &g.sampling, on_token)?,
+        Runner::Gpu(gm) => gm.generate(&model, &ids, g.max_new, &eos, &g.sampling, on_token)?,
+    };
     println!();
     let total = t0.elapsed().as_secs_f64();
     let prefill = first_token_at.map(|d| d.as_secs_f64()).unwrap_or(total);
@@ -371,8 +446,20 @@ fn bench(
     decode: usize,
     runs: usize,
     json: Option<&Path>,
+    f16_weights: bool,
 ) -> CliResult<()> {
     let (mut model, path) = open(args)?;
+    if args.device == "gpu" {
+        return bench_gpu::run(
+            &mut model,
+            args,
+            prompt_tokens,
+            decode,
+            runs,
+            json,
+            f16_weights,
+        );
+    }
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 7919) % 10000 + 100) as u32)
         .collect();
@@ -522,12 +609,14 @@ fn main() -> ExitCode {
             decode_tokens,
             runs,
             json,
+            f16_weights,
         } => bench(
             model,
             *prompt_tokens,
             *decode_tokens,
             *runs,
             json.as_deref(),
+            *f16_weights,
         ),
         Command::Inspect {
             adapter,

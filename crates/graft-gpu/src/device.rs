@@ -19,6 +19,8 @@ pub struct GpuInfo {
     pub backend: String,
     pub driver: String,
     pub device_type: String,
+    /// A CPU pretending to be a GPU (lavapipe, SwiftShader, WARP).
+    pub is_software: bool,
 }
 
 /// A device and its queue, with the errors wgpu reported since they were last taken.
@@ -91,6 +93,7 @@ impl Gpu {
             backend: format!("{:?}", i.backend),
             driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
             device_type: format!("{:?}", i.device_type),
+            is_software: i.device_type == wgpu::DeviceType::Cpu,
         };
         Ok(Gpu::from_device(device, queue, info))
     }

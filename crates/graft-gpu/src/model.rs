@@ -32,6 +32,8 @@ const UNIFORM_STRIDE: u64 = 256;
 pub struct GpuModelOptions {
     /// Positions the KV cache holds (default: the model's maximum, at most 4096).
     pub max_context: Option<usize>,
+    /// Upload every Linear weight as f16 whatever its format (the benchmark's f16 row).
+    pub f16_weights: bool,
 }
 
 /// Activation buffers a program refers to.
@@ -226,7 +228,12 @@ pub struct GpuModel {
     base_bytes: u64,
 }
 
-fn pack_weight(w: &Weight) -> Result<Packed> {
+fn pack_weight(w: &Weight, f16: bool) -> Result<Packed> {
+    if f16 {
+        let t = w.tensor()?;
+        let (r, c) = t.dims2()?;
+        return Packed::f16(r, c, &t.flatten_all()?.to_vec1::<f32>()?);
+    }
     match w {
         Weight::Quant(q) => Packed::from_qmatrix(q),
         Weight::Dense(t) => {
@@ -258,6 +265,7 @@ impl GpuModel {
             norms: Vec::new(),
             prog: Vec::new(),
             base_bytes: 0,
+            f16: opts.f16_weights,
         };
         let dims = match model.arch() {
             Arch::Llama(m) => {
@@ -1561,11 +1569,12 @@ struct Builder<'a> {
     norms: Vec<Norm>,
     prog: Vec<Op>,
     base_bytes: u64,
+    f16: bool,
 }
 
 impl Builder<'_> {
     fn embed(&mut self, module: usize, pos_offset: u32) -> Result<usize> {
-        let p = pack_weight(&self.table.params[module].weight)?;
+        let p = pack_weight(&self.table.params[module].weight, false)?;
         self.base_bytes += p.nbytes();
         let table = GpuWeight::upload(self.gpu, &p)?;
         self.embeds.push(Embed {
@@ -1630,7 +1639,7 @@ impl Builder<'_> {
         }
         let packed = modules
             .iter()
-            .map(|&m| pack_weight(&t.params[m].weight))
+            .map(|&m| pack_weight(&t.params[m].weight, self.f16))
             .collect::<Result<Vec<_>>>()?;
         let joined = if modules.len() <= MAX_SEGS {
             Packed::concat(&packed)

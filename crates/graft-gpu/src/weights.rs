@@ -63,6 +63,30 @@ impl Packed {
         })
     }
 
+    /// A dense matrix rounded to f16.
+    pub fn f16(rows: usize, cols: usize, values: &[f32]) -> Result<Packed> {
+        let mut wq = Vec::with_capacity(rows * cols.div_ceil(2));
+        for r in 0..rows {
+            let row: Vec<u16> = values[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect();
+            wq.extend(f16_pairs(&row));
+        }
+        Ok(Packed {
+            fmt: Fmt::F16,
+            desc: WeightDesc {
+                rows: to_u32(rows)?,
+                cols: to_u32(cols)?,
+                row_words: to_u32(cols.div_ceil(2))?,
+                row_swords: 0,
+            },
+            c8n: to_u32(cols / 8)?,
+            wq,
+            ws: Vec::new(),
+        })
+    }
+
     /// A quantized matrix in its GPU layout.
     pub fn from_qmatrix(q: &QMatrix) -> Result<Packed> {
         let (rows, cols) = (q.rows, q.cols);

@@ -1,0 +1,251 @@
+//! `graft bench --device gpu`: the GPU benchmark of issue 4. Prefill tokens/s; decode tokens/s
+//! at batch 1 with no adapter, LoRA r=8 on q,v, LoRA r=16 on every linear layer and IA3;
+//! dispatches and submits per token; quantized mat-vec bandwidth next to a copy kernel's.
+//! Timings are wall clock around submit and read-back, best of `runs`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use graft_gpu::kernels::{CopyParams, Fmt, Kernel, LinearParams, WeightDesc, TN_DECODE};
+use graft_gpu::ops::{Input, Ops};
+use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
+use graft_models::{Model, Sampling};
+use serde_json::json;
+
+use crate::{CliResult, ModelArgs};
+
+/// (prefill tok/s, decode tok/s, dispatches per token, submits per token)
+fn measure(
+    gm: &mut GpuModel,
+    model: &Model,
+    prompt: &[u32],
+    decode: usize,
+    runs: usize,
+) -> CliResult<(f64, f64, usize, f64)> {
+    let (mut best_p, mut best_d) = (0f64, 0f64);
+    let mut submits = 0f64;
+    // warm-up: pipelines compiled, plans built
+    gm.generate(model, prompt, 2, &[], &Sampling::default(), |_| {})?;
+    for _ in 0..runs.max(1) {
+        gm.reset();
+        let t0 = Instant::now();
+        gm.forward(model, prompt, true)?;
+        best_p = best_p.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
+        let mut first = None;
+        let s0 = gm.stats;
+        let t1 = Instant::now();
+        let out = gm.generate(model, prompt, decode + 1, &[], &Sampling::default(), |_| {
+            first.get_or_insert_with(Instant::now);
+        })?;
+        let s1 = gm.stats;
+        let n = out.len().saturating_sub(1);
+        if let Some(f) = first {
+            best_d = best_d.max(n as f64 / f.elapsed().as_secs_f64().max(1e-9));
+        }
+        // the prompt's submits are not decode's
+        let prompt_submits = prompt.len().div_ceil(512) as u64;
+        submits = (s1.submits - s0.submits).saturating_sub(prompt_submits) as f64 / n.max(1) as f64;
+        let _ = t1;
+    }
+    let dispatches = gm.dispatches_per_token(model)?;
+    Ok((best_p, best_d, dispatches, submits))
+}
+
+/// (copy GB/s, quantized mat-vec GB/s, shape)
+fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
+    let ops = Ops::new(gpu);
+    let limit =
+        u64::from(gpu.limits.max_storage_buffer_binding_size).min(gpu.limits.max_buffer_size);
+    // Q4_1 at 0.625 bytes per weight, cols 4096; as many rows as fit (at most 64 Mi weights).
+    let cols = 4096u32;
+    let rows = ((limit / (cols as u64 * 5 / 8)) as u32).min(16384) / 8 * 8;
+    let blocks = cols / 32;
+    let mut seed = 0x9e3779b9u32;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let wq: Vec<u32> = (0..rows as usize * (cols / 8) as usize)
+        .map(|_| rnd())
+        .collect();
+    // (d, m) = (2^-10, -2^-7) as f16 pairs
+    let ws: Vec<u32> = vec![0x1400 | (0xa000 << 16); rows as usize * blocks as usize];
+    let bytes = 4 * (wq.len() + ws.len()) as u64;
+    let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
+    let wq_b = ops.upload_u32(&wq)?;
+    let ws_b = ops.upload_u32(&ws)?;
+    let p = LinearParams {
+        wd: WeightDesc {
+            rows,
+            cols,
+            row_words: cols / 8,
+            row_swords: blocks,
+        },
+        n: 1,
+        x_stride: cols,
+        y_stride: rows,
+        c8n: cols / 8,
+        ..Default::default()
+    };
+    let y = vec![0f32; rows as usize];
+    let t_mv = ops.time(
+        Kernel::Linear {
+            fmt: Fmt::Q4_1,
+            tn: TN_DECODE,
+        },
+        &[("WG", 256), ("RPW", 8)],
+        bytemuck::bytes_of(&p),
+        &[
+            Input::F32(&x),
+            Input::Buffer(&wq_b),
+            Input::Buffer(&ws_b),
+            Input::F32(&[0.0; 4]),
+            Input::F32(&[0.0; 4]),
+            Input::F32(&[0.0; 4]),
+            Input::F32(&y),
+        ],
+        (rows.div_ceil(8), 1, 1),
+        20,
+    )?;
+    drop((wq_b, ws_b));
+    // copy the same number of bytes
+    let len4 = (bytes / 16) as u32;
+    let src = ops.upload_u32(&vec![1u32; len4 as usize * 4])?;
+    let dst = ops.upload_u32(&vec![0u32; len4 as usize * 4])?;
+    let cp = CopyParams {
+        len4,
+        ..Default::default()
+    };
+    let groups = len4.div_ceil(256).min(65535);
+    let t_cp = ops.time(
+        Kernel::Copy,
+        &[("WG", 256)],
+        bytemuck::bytes_of(&cp),
+        &[Input::Buffer(&src), Input::Buffer(&dst)],
+        (groups, 1, 1),
+        20,
+    )?;
+    // the copy reads and writes every byte
+    Ok((
+        2.0 * bytes as f64 / t_cp / 1e9,
+        bytes as f64 / t_mv / 1e9,
+        (rows, cols),
+    ))
+}
+
+pub fn run(
+    model: &mut Model,
+    args: &ModelArgs,
+    prompt_tokens: usize,
+    decode: usize,
+    runs: usize,
+    json_out: Option<&Path>,
+    f16_weights: bool,
+) -> CliResult<()> {
+    let gpu = Gpu::new_blocking(&GpuOptions::default())?;
+    let prompt: Vec<u32> = (0..prompt_tokens)
+        .map(|i| ((i * 7919) % 10000 + 100) as u32)
+        .collect();
+    let opts = GpuModelOptions {
+        max_context: Some(args.max_context.unwrap_or(prompt_tokens + decode + 8)),
+        f16_weights,
+    };
+    let mut gm = GpuModel::new(&gpu, model, &opts)?;
+    println!(
+        "device: {} ({}, {}, driver {}); weights {}, {:.1} MiB on the GPU",
+        gpu.info.name,
+        gpu.info.backend,
+        gpu.info.device_type,
+        gpu.info.driver,
+        if f16_weights { "f16" } else { "as stored" },
+        gm.base_bytes() as f64 / (1 << 20) as f64
+    );
+    println!("| configuration | prefill tok/s ({prompt_tokens}) | decode tok/s | dispatches/token | submits/token |");
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    let user_adapters = !model.registry().adapter_names().is_empty();
+    let mut configs: Vec<(&str, Option<serde_json::Value>)> = Vec::new();
+    if user_adapters {
+        configs.push(("given adapters", None));
+    }
+    configs.extend([
+        ("no adapter", None),
+        (
+            "LoRA r=8 q,v",
+            Some(json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})),
+        ),
+        (
+            "LoRA r=16 all linear",
+            Some(json!({"peft_type": "LORA", "r": 16, "lora_alpha": 32,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "init_lora_weights": false})),
+        ),
+        (
+            "IA3",
+            Some(json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+                "feedforward_modules": ["down_proj"], "init_ia3_weights": false})),
+        ),
+    ]);
+    let mut base_decode = None;
+    for (i, (label, cfg)) in configs.into_iter().enumerate() {
+        match (label, cfg) {
+            ("given adapters", _) => model.enable_adapters()?,
+            ("no adapter", _) => {
+                if user_adapters {
+                    model.disable_adapters()?;
+                }
+            }
+            (_, Some(cfg)) => {
+                model.enable_adapters()?;
+                let name = format!("bench{i}");
+                let cfg = graft_core::config::config_from_kwargs(cfg)?;
+                if let Err(e) = model.add_adapter(cfg, Some(&name), 0) {
+                    println!("| {label} | (not run: {e}) | | | |");
+                    continue;
+                }
+                model.set_adapter(&[&name])?;
+            }
+            _ => {}
+        }
+        let (p, d, disp, subs) = measure(&mut gm, model, &prompt, decode, runs)?;
+        let overhead = match base_decode {
+            Some(b) if label != "no adapter" => {
+                format!(" ({:+.1}% time/token)", (b / d - 1.0) * 100.0)
+            }
+            _ => String::new(),
+        };
+        if label == "no adapter" {
+            base_decode = Some(d);
+        }
+        println!("| {label} | {p:.1} | {d:.1}{overhead} | {disp} | {subs:.2} |");
+        rows.push(
+            json!({"configuration": label, "prefill_tps": p, "decode_tps": d,
+            "dispatches_per_token": disp, "submits_per_token": subs}),
+        );
+    }
+    let (copy, mv, shape) = bandwidth(&gpu)?;
+    println!(
+        "bandwidth: copy kernel {copy:.1} GB/s; Q4_1 mat-vec {}x{} {mv:.1} GB/s = {:.0}% of the copy kernel",
+        shape.0,
+        shape.1,
+        mv / copy * 100.0
+    );
+    println!(
+        "pipelines compiled: {} (switching adapters added none)",
+        gm.pipelines_compiled()
+    );
+    if let Some(j) = json_out {
+        let v = json!({
+            "engine": "graft-gpu", "device": gpu.info.name, "backend": gpu.info.backend,
+            "driver": gpu.info.driver, "f16_weights": f16_weights, "prompt_tokens": prompt_tokens,
+            "decode_tokens": decode, "rows": rows, "copy_gbps": copy, "q4_1_matvec_gbps": mv,
+            "matvec_shape": [shape.0, shape.1],
+        });
+        std::fs::write(j, serde_json::to_string_pretty(&v)?)
+            .map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    Ok(())
+}
