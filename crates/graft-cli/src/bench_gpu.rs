@@ -199,13 +199,13 @@ pub fn run(
                 }
             }
             (_, Some(cfg)) => {
-                model.enable_adapters()?;
                 let name = format!("bench{i}");
                 let cfg = graft_core::config::config_from_kwargs(cfg)?;
                 if let Err(e) = model.add_adapter(cfg, Some(&name), 0) {
                     println!("| {label} | (not run: {e}) | | | |");
                     continue;
                 }
+                model.enable_adapters()?;
                 model.set_adapter(&[&name])?;
             }
             _ => {}
