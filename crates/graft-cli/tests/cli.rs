@@ -24,6 +24,10 @@ fn graft(args: &[&str]) -> std::process::Output {
 const TOKENS: &str = "1,5,17,42,99,3,64,7,120,0,33,2";
 
 fn logits_case(case: &str, run: &str, extra: &[&str]) {
+    logits_case_tol(case, run, extra, 1e-4)
+}
+
+fn logits_case_tol(case: &str, run: &str, extra: &[&str], tol: f32) {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("l.safetensors");
     let mut args = vec!["logits"];
@@ -48,7 +52,7 @@ fn logits_case(case: &str, run: &str, extra: &[&str]) {
         &format!("cli {case}/{run}"),
         &got["logits"].tensor,
         &want[run].tensor,
-        1e-4,
+        tol,
     );
 }
 
@@ -93,6 +97,54 @@ fn logits_with_two_active_adapters_one_off_and_disabled() {
     let mut off = first.clone();
     off.push("--disable-adapters");
     logits_case("multi_adapter", "off", &off);
+}
+
+/// `--device gpu` (lavapipe in CI) against PEFT's logits, within the GPU path's 1e-3; and
+/// greedy ids equal to the CPU's.
+#[test]
+fn device_gpu_logits_and_generate() {
+    if graft_tests::test_gpu().is_none() {
+        return;
+    }
+    let base = ["--device", "gpu", "--model", "tests/fixtures/models/llama"];
+    let mut one = base.to_vec();
+    one.extend_from_slice(&["--adapter", "tests/fixtures/cases/lora_qv/adapters/default"]);
+    logits_case_tol("lora_qv", "on", &one, 1e-3);
+    let mut ab = base.to_vec();
+    ab.extend_from_slice(&[
+        "--adapter",
+        "a=tests/fixtures/cases/multi_adapter/adapters/a",
+        "--adapter",
+        "b=tests/fixtures/cases/multi_adapter/adapters/b",
+        "--active",
+        "a,b",
+    ]);
+    logits_case_tol("multi_adapter", "ab", &ab, 1e-3);
+    let gen = |device: &str| {
+        let o = graft(&[
+            "generate",
+            "--device",
+            device,
+            "--model",
+            "tests/fixtures/models/llama",
+            "--adapter",
+            "tests/fixtures/cases/lora_qv/adapters/default",
+            "--tokens",
+            "1,5,17,42",
+            "--max-new-tokens",
+            "6",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        )
+    };
+    let (gpu_ids, gpu_err) = gen("gpu");
+    let (cpu_ids, cpu_err) = gen("cpu");
+    assert_eq!(gpu_ids, cpu_ids);
+    assert!(gpu_err.contains("graft: running on"), "{gpu_err}");
+    assert!(!cpu_err.contains("graft: running on"), "{cpu_err}");
 }
 
 #[test]
