@@ -2,6 +2,7 @@
 // folded into B) (+ y[t] with ACCUM, e.g. OPT's learned positions added to the tokens). The
 // table may be in any weight format (decoder appended), e.g. SmolLM2's Q8_0 `token_embd`.
 // With POSITIONS the ids are positions: state[0] (the cache length) + t + pos_offset.
+// LoRA's A is (r, total_rows) row-major and B (cols, r), both f32.
 
 const E_LORA: u32 = 1u;
 const E_ACCUM: u32 = 2u;
@@ -14,9 +15,11 @@ struct Params {
     flags: u32,
     lora_r: u32,
     pos_offset: u32,
+    // A table larger than one binding is split by rows: this part holds rows row0 ..
+    // row0 + wd.rows of `total_rows`, and writes only the tokens whose ids fall in it.
+    row0: u32,
+    total_rows: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -44,11 +47,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         id = ids[t];
     }
     // Out-of-range ids are refused on the host; clamp so a stray id can never read out of bounds.
-    id = min(id, P.wd.rows - 1u);
-    var v = w1(id, d);
+    id = min(id, P.total_rows - 1u);
+    if (id < P.row0 || id >= P.row0 + P.wd.rows) {
+        return;
+    }
+    var v = w1(id - P.row0, d);
     if ((P.flags & E_LORA) != 0u) {
         for (var j = 0u; j < P.lora_r; j++) {
-            v += la[j * P.wd.rows + id] * lb[d * P.lora_r + j];
+            v += la[j * P.total_rows + id] * lb[d * P.lora_r + j];
         }
     }
     let yi = t * P.y_stride + d;

@@ -40,6 +40,49 @@ fn load_case(dir: &std::path::Path) -> (Value, Model) {
 #[test]
 fn every_conformance_case_matches_the_cpu() {
     let Some(gpu) = test_gpu() else { return };
+    conformance_on(&gpu, &GpuModelOptions::default());
+}
+
+/// With 8 KiB storage bindings the fixtures' embeddings, heads and stacked q/k/v or gate/up
+/// matrices no longer fit one binding: they are split by rows (or unstacked) and the numbers
+/// stay the same.
+#[test]
+fn tensors_larger_than_a_binding_are_split() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let gpu = graft_gpu::Gpu::new_blocking(&graft_gpu::GpuOptions {
+        max_binding: Some(8192),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(gpu.binding_limit(), 8192);
+    // the split is real: more dispatches per token than on the full-size device
+    let m = Model::open_base(&fixtures().join("models/llama")).unwrap();
+    let small = GpuModelOptions {
+        max_context: Some(64),
+        ..Default::default()
+    };
+    let parts = GpuModel::new(&gpu, &m, &small)
+        .unwrap()
+        .dispatches_per_token(&m)
+        .unwrap();
+    let whole = GpuModel::new(&test_gpu().unwrap(), &m, &small)
+        .unwrap()
+        .dispatches_per_token(&m)
+        .unwrap();
+    assert!(parts > whole, "{parts} dispatches split vs {whole} whole");
+    conformance_on(
+        &gpu,
+        &GpuModelOptions {
+            max_context: Some(64),
+            ..Default::default()
+        },
+    );
+}
+
+fn conformance_on(gpu: &graft_gpu::Gpu, opts: &GpuModelOptions) {
+    let gpu = gpu.clone();
     let mut cases: Vec<_> = std::fs::read_dir(fixtures().join("cases"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -50,8 +93,7 @@ fn every_conformance_case_matches_the_cpu() {
     for dir in cases {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let (case, mut model) = load_case(&dir);
-        let mut g = GpuModel::new(&gpu, &model, &GpuModelOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut g = GpuModel::new(&gpu, &model, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         let toks = tokens(&case);
         let compiled_after_first = std::cell::Cell::new(None);
         for run in case["runs"].as_array().unwrap() {

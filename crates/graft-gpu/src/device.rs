@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 pub struct GpuOptions {
     /// Prefer a software adapter (lavapipe, SwiftShader) even where a hardware one exists.
     pub force_fallback: bool,
+    /// Ask for at most this many bytes per storage binding (to test the splitting of large
+    /// tensors, or to behave as a smaller device would).
+    pub max_binding: Option<u32>,
 }
 
 /// What the chosen adapter is.
@@ -75,7 +78,11 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
-        let limits = wanted_limits(&adapter.limits());
+        let mut limits = wanted_limits(&adapter.limits());
+        if let Some(m) = opts.max_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(u64::from(m));
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("graft"),
@@ -151,10 +158,16 @@ impl Gpu {
         Err(first)
     }
 
+    /// Bytes one storage binding may hold on this device.
+    pub fn binding_limit(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
     /// Checks that one binding of `bytes` fits the device.
     pub fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
-        let limit =
-            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let limit = self.binding_limit();
         if bytes > limit {
             return Err(Error::LimitExceeded {
                 what,

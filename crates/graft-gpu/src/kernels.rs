@@ -342,9 +342,9 @@ pub struct EmbedParams {
     pub flags: u32,
     pub lora_r: u32,
     pub pos_offset: u32,
+    pub row0: u32,
+    pub total_rows: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
 }
 
 pub const N_RMS: u32 = 1;
@@ -460,7 +460,7 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
             lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, _pad0, _pad1, _pad2, seg)
         }
         "EmbedParams" => {
-            lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, _pad0, _pad1, _pad2)
+            lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, row0, total_rows, _pad0)
         }
         "NormParams" => {
             lay!(NormParams; n, dim, x_stride, y_stride, flags, w_off, b_off, eps, x_row0, _pad0, _pad1, _pad2)

@@ -100,12 +100,17 @@ struct Group {
     base: GpuWeight,
     /// The output head tied to this embedding module.
     tied_to: Option<usize>,
+    /// For one module split by rows (larger than a binding): the part's first row.
+    row0: usize,
 }
 
 /// An embedding table.
 struct Embed {
     module: usize,
-    table: GpuWeight,
+    /// Row ranges of the table, each within one binding: (first row, part).
+    parts: Vec<(usize, GpuWeight)>,
+    rows: usize,
+    cols: usize,
     pos_offset: u32,
 }
 
@@ -127,7 +132,7 @@ struct GroupState {
 
 #[derive(Default)]
 struct EmbedState {
-    table: Option<GpuWeight>,
+    table: Option<Vec<(usize, GpuWeight)>>,
     r: usize,
     a: Option<wgpu::Buffer>,
     b: Option<wgpu::Buffer>,
@@ -221,6 +226,7 @@ pub struct GpuModel {
     estate: Vec<EmbedState>,
     t_buf: wgpu::Buffer,
     overrides: HashMap<(usize, Vec<Option<candle_core::TensorId>>), GpuWeight>,
+    embed_overrides: HashMap<(usize, Vec<Option<candle_core::TensorId>>), Vec<(usize, GpuWeight)>>,
     plans: HashMap<PlanKey, Plan>,
     /// Positions in the KV cache.
     pub len: usize,
@@ -531,6 +537,7 @@ impl GpuModel {
             estate: Vec::new(),
             t_buf,
             overrides: HashMap::new(),
+            embed_overrides: HashMap::new(),
             plans: HashMap::new(),
             len: 0,
             stats: GpuStats::default(),
@@ -668,7 +675,8 @@ impl GpuModel {
             vals.extend(vec_f32(&t)?);
         }
         let rows: usize = g.rows.iter().sum();
-        let w = GpuWeight::upload(&self.gpu, &Packed::f32(rows, g.cols, &vals)?)?;
+        let part = &vals[g.row0 * g.cols..(g.row0 + rows) * g.cols];
+        let w = GpuWeight::upload(&self.gpu, &Packed::f32(rows, g.cols, part)?)?;
         self.overrides.insert(key, w.clone());
         Ok(Some(w))
     }
@@ -701,8 +709,10 @@ impl GpuModel {
         for (mi, &m) in g.modules.iter().enumerate() {
             let out = g.rows[mi];
             let path = &table.inventory.modules[m].path;
+            // a part of a module split by rows covers its rows sk .. sk + out
+            let sk = g.row0;
             if let Some(bt) = reg.param(m, true).or(table.params[m].bias.as_ref()) {
-                bias[row0..row0 + out].copy_from_slice(&vec_f32(bt)?);
+                bias[row0..row0 + out].copy_from_slice(&vec_f32(bt)?[sk..sk + out]);
                 flags |= F_BIAS;
             }
             // (A rows (r, in), B (out, r) with the scale folded in, lora bias · scale)
@@ -725,7 +735,7 @@ impl GpuModel {
                         } else {
                             scale[row0..row0 + out]
                                 .iter_mut()
-                                .zip(&l)
+                                .zip(&l[sk..sk + out])
                                 .for_each(|(a, b)| *a *= b);
                             flags |= F_OUT_SCALE;
                             out_scaled = true;
@@ -764,6 +774,16 @@ impl GpuModel {
                     ModuleAdapter::LoraEmbedding(_) => {}
                 }
             }
+            for l in loras.iter_mut() {
+                let r = l.2;
+                l.1 = l.1[sk * r..(sk + out) * r].to_vec();
+                if let Some(pb) = &mut l.3 {
+                    *pb = pb[sk..sk + out].to_vec();
+                }
+            }
+            if let Some((_, gvec)) = &mut dora_at {
+                *gvec = gvec[sk..sk + out].to_vec();
+            }
             if let Some((k, gvec)) = &dora_at {
                 if out_scaled {
                     return Err(Error::Unsupported(format!(
@@ -771,7 +791,7 @@ impl GpuModel {
                     )));
                 }
                 // result = bias + g·(W x + Σ_{i ≤ k} terms) + Σ_{i > k} terms
-                for (i, l) in loras.iter_mut().enumerate().take(k + 1) {
+                for l in loras.iter_mut().take(k + 1) {
                     let r = l.2;
                     for o in 0..out {
                         for j in 0..r {
@@ -781,7 +801,6 @@ impl GpuModel {
                             pb[o] *= gvec[o];
                         }
                     }
-                    let _ = i;
                 }
                 dora[row0..row0 + out].copy_from_slice(gvec);
                 flags |= F_DORA;
@@ -848,23 +867,20 @@ impl GpuModel {
     fn embed_state(&mut self, ei: usize, model: &Model) -> Result<EmbedState> {
         let reg = model.registry();
         let m = self.embeds[ei].module;
-        let (num, dim) = (
-            self.embeds[ei].table.desc.rows as usize,
-            self.embeds[ei].table.desc.cols as usize,
-        );
+        let (num, dim) = (self.embeds[ei].rows, self.embeds[ei].cols);
         let mut st = EmbedState::default();
         if let Some(t) = reg.param(m, false) {
             let key = (usize::MAX - ei, vec![Some(t.id())]);
-            let w = match self.overrides.get(&key) {
+            let parts = match self.embed_overrides.get(&key) {
                 Some(w) => w.clone(),
                 None => {
                     let (r, c) = t.dims2()?;
-                    let w = GpuWeight::upload(&self.gpu, &Packed::f32(r, c, &vec_f32(t)?)?)?;
-                    self.overrides.insert(key, w.clone());
+                    let w = GpuWeight::upload_split(&self.gpu, &Packed::f32(r, c, &vec_f32(t)?)?)?;
+                    self.embed_overrides.insert(key, w.clone());
                     w
                 }
             };
-            st.table = Some(w);
+            st.table = Some(parts);
         }
         let mut a_all = Vec::new();
         let mut bs: Vec<(Vec<f32>, usize)> = Vec::new();
@@ -982,7 +998,7 @@ impl GpuModel {
                 } => {
                     let em = &self.embeds[*e];
                     let es = &self.estate[*e];
-                    let table = es.table.as_ref().unwrap_or(&em.table);
+                    let table = es.table.as_ref().unwrap_or(&em.parts);
                     let mut flags = 0;
                     if *accum {
                         flags |= E_ACCUM;
@@ -993,32 +1009,37 @@ impl GpuModel {
                     if es.r > 0 {
                         flags |= E_LORA;
                     }
-                    let p = EmbedParams {
-                        wd: table.desc,
-                        n: u(n),
-                        y_stride: u(self.width(*dst)),
-                        flags,
-                        lora_r: u(es.r),
-                        pos_offset: em.pos_offset,
-                        ..Default::default()
-                    };
-                    let uoff = put(bytemuck::bytes_of(&p));
-                    step!(Pending {
-                        kernel: Kernel::Embed(table.fmt),
-                        consts: vec![("WG", 64)],
-                        uoff,
-                        usize_: std::mem::size_of::<EmbedParams>() as u64,
-                        bufs: vec![
-                            self.ids.clone(),
-                            table.wq.clone(),
-                            table.ws.clone(),
-                            es.a.clone().unwrap_or(self.dummy.clone()),
-                            es.b.clone().unwrap_or(self.dummy.clone()),
-                            self.state.clone(),
-                            self.act(*dst).clone(),
-                        ],
-                        wg: (u(table.desc.cols as usize).div_ceil(64), u(n), 1),
-                    });
+                    // a table split by rows: each part writes the tokens whose ids it holds
+                    for (row0, part) in table {
+                        let p = EmbedParams {
+                            wd: part.desc,
+                            n: u(n),
+                            y_stride: u(self.width(*dst)),
+                            flags,
+                            lora_r: u(es.r),
+                            pos_offset: em.pos_offset,
+                            row0: u(*row0),
+                            total_rows: u(em.rows),
+                            ..Default::default()
+                        };
+                        let uoff = put(bytemuck::bytes_of(&p));
+                        step!(Pending {
+                            kernel: Kernel::Embed(part.fmt),
+                            consts: vec![("WG", 64)],
+                            uoff,
+                            usize_: std::mem::size_of::<EmbedParams>() as u64,
+                            bufs: vec![
+                                self.ids.clone(),
+                                part.wq.clone(),
+                                part.ws.clone(),
+                                es.a.clone().unwrap_or(self.dummy.clone()),
+                                es.b.clone().unwrap_or(self.dummy.clone()),
+                                self.state.clone(),
+                                self.act(*dst).clone(),
+                            ],
+                            wg: (part.desc.cols.div_ceil(64), u(n), 1),
+                        });
+                    }
                 }
                 Op::Norm {
                     norm,
@@ -1576,10 +1597,12 @@ impl Builder<'_> {
     fn embed(&mut self, module: usize, pos_offset: u32) -> Result<usize> {
         let p = pack_weight(&self.table.params[module].weight, false)?;
         self.base_bytes += p.nbytes();
-        let table = GpuWeight::upload(self.gpu, &p)?;
+        let parts = GpuWeight::upload_split(self.gpu, &p)?;
         self.embeds.push(Embed {
             module,
-            table,
+            parts,
+            rows: p.desc.rows as usize,
+            cols: p.desc.cols as usize,
             pos_offset,
         });
         Ok(self.embeds.len() - 1)
@@ -1624,52 +1647,66 @@ impl Builder<'_> {
             .iter()
             .map(|&m| t.params[m].weight.dims().first().copied().unwrap_or(0))
             .collect();
+        let mut out = Vec::new();
         if let Some(e) = tied_to {
-            // the head reads the embedding's buffers: no second copy
+            // the head reads the embedding's buffers (each of its parts): no second copy
             if let Some(em) = self.embeds.iter().find(|x| x.module == e) {
-                self.groups.push(Group {
-                    modules: modules.to_vec(),
-                    rows,
-                    cols,
-                    base: em.table.clone(),
-                    tied_to,
-                });
-                return Ok(vec![(self.groups.len() - 1, 0)]);
+                for (row0, part) in &em.parts {
+                    self.groups.push(Group {
+                        modules: modules.to_vec(),
+                        rows: vec![part.desc.rows as usize],
+                        cols,
+                        base: part.clone(),
+                        tied_to,
+                        row0: *row0,
+                    });
+                    out.push((self.groups.len() - 1, u(*row0)));
+                }
+                return Ok(out);
             }
         }
         let packed = modules
             .iter()
             .map(|&m| pack_weight(&t.params[m].weight, self.f16))
             .collect::<Result<Vec<_>>>()?;
-        let joined = if modules.len() <= MAX_SEGS {
-            Packed::concat(&packed)
-        } else {
-            None
+        let limit = self.gpu.binding_limit();
+        let joined = match Packed::concat(&packed) {
+            Some(p)
+                if modules.len() <= MAX_SEGS && p.row_parts(limit).is_ok_and(|r| r.len() == 1) =>
+            {
+                Some(p)
+            }
+            _ => None,
         };
-        let parts: Vec<(Vec<usize>, Vec<usize>, Packed)> = match joined {
-            Some(p) => vec![(modules.to_vec(), rows, p)],
-            None => modules
-                .iter()
-                .zip(rows)
-                .zip(packed)
-                .map(|((&m, r), p)| (vec![m], vec![r], p))
-                .collect(),
-        };
-        let mut out = Vec::new();
-        let mut y_off = 0u32;
-        for (mods, rows, p) in parts {
+        if let Some(p) = joined {
             self.base_bytes += p.nbytes();
             let base = GpuWeight::upload(self.gpu, &p)?;
-            let n: usize = rows.iter().sum();
             self.groups.push(Group {
-                modules: mods,
+                modules: modules.to_vec(),
                 rows,
                 cols,
                 base,
                 tied_to,
+                row0: 0,
             });
-            out.push((self.groups.len() - 1, y_off));
-            y_off += u(n);
+            return Ok(vec![(self.groups.len() - 1, 0)]);
+        }
+        // one module at a time, each split by rows where it exceeds a binding
+        let mut y_off = 0usize;
+        for ((&m, n), p) in modules.iter().zip(rows).zip(packed) {
+            self.base_bytes += p.nbytes();
+            for (row0, part) in GpuWeight::upload_split(self.gpu, &p)? {
+                self.groups.push(Group {
+                    modules: vec![m],
+                    rows: vec![part.desc.rows as usize],
+                    cols,
+                    base: part,
+                    tied_to,
+                    row0,
+                });
+                out.push((self.groups.len() - 1, u(y_off + row0)));
+            }
+            y_off += n;
         }
         Ok(out)
     }

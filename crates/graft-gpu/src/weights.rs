@@ -199,6 +199,53 @@ impl Packed {
         })
     }
 
+    /// Rows r0..r1 as a matrix of their own (`None` for NF4, whose blocks run across rows).
+    pub fn slice_rows(&self, r0: usize, r1: usize) -> Option<Packed> {
+        if self.fmt == Fmt::Nf4 || r0 > r1 || r1 > self.desc.rows as usize {
+            return None;
+        }
+        let (rw, rsw) = (self.desc.row_words as usize, self.desc.row_swords as usize);
+        Some(Packed {
+            fmt: self.fmt,
+            desc: WeightDesc {
+                rows: (r1 - r0) as u32,
+                ..self.desc
+            },
+            c8n: self.c8n,
+            wq: self.wq.get(r0 * rw..r1 * rw)?.to_vec(),
+            ws: if rsw == 0 {
+                self.ws.clone()
+            } else {
+                self.ws.get(r0 * rsw..r1 * rsw)?.to_vec()
+            },
+        })
+    }
+
+    /// Row ranges of at most `limit` bytes of values and of scales each, as (first row, rows).
+    pub fn row_parts(&self, limit: u64) -> Result<Vec<(usize, usize)>> {
+        let rows = self.desc.rows as usize;
+        let per_row = 4
+            * (self.desc.row_words as u64)
+                .max(self.desc.row_swords as u64)
+                .max(1);
+        let whole = 4 * (self.wq.len().max(self.ws.len())) as u64;
+        if whole <= limit {
+            return Ok(vec![(0, rows)]);
+        }
+        let step = (limit / per_row) as usize;
+        if step == 0 || self.fmt == Fmt::Nf4 {
+            return Err(Error::LimitExceeded {
+                what: "bytes in one storage binding (a weight matrix that cannot be split)",
+                need: whole,
+                limit,
+            });
+        }
+        Ok((0..rows)
+            .step_by(step)
+            .map(|r| (r, step.min(rows - r)))
+            .collect())
+    }
+
     /// Bytes of weights a pass over the matrix reads.
     pub fn nbytes(&self) -> u64 {
         4 * (self.wq.len() + self.ws.len()) as u64
@@ -252,6 +299,26 @@ pub fn storage_f32(gpu: &Gpu, label: &'static str, data: &[f32]) -> Result<wgpu:
 }
 
 impl GpuWeight {
+    /// Uploads `p` as one or more row ranges, each within the device's binding limit.
+    pub fn upload_split(gpu: &Gpu, p: &Packed) -> Result<Vec<(usize, GpuWeight)>> {
+        let limit = gpu.binding_limit();
+        let parts = p.row_parts(limit)?;
+        if parts.len() == 1 {
+            return Ok(vec![(0, GpuWeight::upload(gpu, p)?)]);
+        }
+        parts
+            .into_iter()
+            .map(|(r0, n)| {
+                let part = p.slice_rows(r0, r0 + n).ok_or(Error::LimitExceeded {
+                    what: "bytes in one storage binding",
+                    need: p.nbytes(),
+                    limit,
+                })?;
+                Ok((r0, GpuWeight::upload(gpu, &part)?))
+            })
+            .collect()
+    }
+
     pub fn upload(gpu: &Gpu, p: &Packed) -> Result<GpuWeight> {
         Ok(GpuWeight {
             fmt: p.fmt,

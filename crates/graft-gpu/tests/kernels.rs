@@ -57,18 +57,27 @@ fn ops(gpu: &Gpu) -> &'static Ops {
     OPS.get_or_init(|| Ops::new(gpu))
 }
 
+/// The override constants each kernel is compiled with, as `GpuModel` compiles it.
+fn consts(kernel: Kernel) -> &'static [(&'static str, u32)] {
+    match kernel {
+        Kernel::Linear { .. } => &[("WG", 256), ("RPW", RPW)],
+        Kernel::Embed(_) | Kernel::RopeKv => &[("WG", 64)],
+        Kernel::Act | Kernel::Copy => &[("WG", 256)],
+        Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
+    }
+}
+
 /// Runs one dispatch and returns the bindings in `read`, panicking with `ctx` on an error.
 fn run(
     ops: &Ops,
     kernel: Kernel,
-    consts: &[(&'static str, u32)],
     params: &[u8],
     inputs: &[Input],
     wg: (u32, u32, u32),
     read: &[usize],
     ctx: &str,
 ) -> Vec<Vec<u32>> {
-    ops.run(kernel, consts, params, inputs, wg, read)
+    ops.run(kernel, consts(kernel), params, inputs, wg, read)
         .unwrap_or_else(|e| panic!("{ctx}: {e}"))
 }
 
@@ -150,7 +159,7 @@ fn check(ctx: &str, got: &[f32], want: &[f64], mag: &[f64], rel: f64, abs: f64) 
     }
 }
 
-const LINEAR_CONSTS: &[(&str, u32)] = &[("WG", 256), ("RPW", 8)];
+/// Rows per workgroup of the linear kernel (the model's RPW).
 const RPW: u32 = 8;
 
 // ---------------------------------------------------------------- linear
@@ -175,7 +184,6 @@ fn run_linear(
     let out = run(
         ops,
         Kernel::Linear { fmt: w.fmt, tn },
-        LINEAR_CONSTS,
         bytes_of(p),
         &[
             Input::F32(io.x),
@@ -515,11 +523,11 @@ fn embed_every_format_with_lora_positions_and_accum() {
                 let y0 = rng.vec(n * y_stride + 2);
                 let mut want: Vec<f64> = y0.iter().map(|v| *v as f64).collect();
                 let mut mag = vec![0f64; y0.len()];
-                for t in 0..n {
+                for (t, &tid) in ids.iter().enumerate() {
                     let id = if positions {
                         (pos0 + t as u32 + pos_offset) as usize
                     } else {
-                        ids[t] as usize
+                        tid as usize
                     }
                     .min(rows - 1);
                     for d in 0..cols {
@@ -556,7 +564,6 @@ fn embed_every_format_with_lora_positions_and_accum() {
                 let out = run(
                     ops,
                     Kernel::Embed(fmt),
-                    &[("WG", 64)],
                     bytes_of(&p),
                     &[
                         Input::U32(&ids),
@@ -643,7 +650,6 @@ fn norm_rms_and_layernorm() {
                 let out = run(
                     ops,
                     Kernel::Norm,
-                    &[],
                     bytes_of(&p),
                     &[Input::F32(&x), Input::F32(&aux), Input::F32(&y0)],
                     (n as u32, 1, 1),
@@ -747,7 +753,6 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         let got = run(
             ops,
             Kernel::RopeKv,
-            &[("WG", 64)],
             bytes_of(&p),
             &[
                 Input::U32(&state),
@@ -803,7 +808,6 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         let got = run(
             ops,
             Kernel::Attention,
-            &[],
             bytes_of(&p),
             &[
                 Input::U32(&state),
@@ -865,7 +869,6 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
     let got = run(
         ops,
         Kernel::RopeKv,
-        &[("WG", 64)],
         bytes_of(&p),
         &[
             Input::U32(&[cap as u32 - 1]),
@@ -995,7 +998,6 @@ fn act_silu_mul_relu_gelu() {
                 let out = run(
                     ops,
                     Kernel::Act,
-                    &[("WG", 256)],
                     bytes_of(&p),
                     &[Input::F32(&inp), Input::F32(&y0)],
                     ((width as u32).div_ceil(256), n as u32, 1),
@@ -1063,7 +1065,6 @@ fn run_argmax(ops: &Ops, p: &ArgmaxParams, logits: &[f32], pos: u32, ctx: &str) 
     let out = run(
         ops,
         Kernel::Argmax,
-        &[],
         bytes_of(p),
         &[
             Input::F32(logits),
@@ -1302,7 +1303,6 @@ fn copy_vec4_grid_stride() {
         let out = run(
             ops,
             Kernel::Copy,
-            &[("WG", 256)],
             bytes_of(&p),
             &[Input::F32(&src), Input::F32(&dst0)],
             (wgs, 1, 1),
