@@ -194,3 +194,86 @@ fn real_model_greedy_tokens_equal_the_cpu() {
         }
     }
 }
+
+/// Generation on the GPU (pipelined decode) stops where the CPU's does: at EOS, at
+/// max_new_tokens (1 included), and sampling with a temperature stays within the vocabulary and
+/// repeats for a seed.
+#[test]
+fn generation_stops_like_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let dir = fixtures().join("cases/lora_qv");
+    let (case, model) = load_case(&dir);
+    let prompt = tokens(&case);
+    let mut g = GpuModel::new(&gpu, &model, &GpuModelOptions::default()).unwrap();
+    let greedy = Default::default();
+    let full = model.generate(&prompt, 8, &[], |_| {}).unwrap();
+    assert_eq!(
+        g.generate(&model, &prompt, 8, &[], &greedy, |_| {})
+            .unwrap(),
+        full
+    );
+    let eos = [full[3]];
+    let stop = full.iter().position(|t| *t == full[3]).unwrap();
+    let mut streamed = Vec::new();
+    let got = g
+        .generate(&model, &prompt, 8, &eos, &greedy, |t| streamed.push(t))
+        .unwrap();
+    assert_eq!(got, full[..=stop].to_vec());
+    assert_eq!(streamed, got);
+    assert_eq!(
+        g.generate(&model, &prompt, 1, &[], &greedy, |_| {})
+            .unwrap(),
+        full[..1].to_vec()
+    );
+    assert!(g
+        .generate(&model, &prompt, 0, &[], &greedy, |_| {})
+        .unwrap()
+        .is_empty());
+    let warm = graft_models::Sampling {
+        temperature: 0.8,
+        seed: 3,
+        ..Default::default()
+    };
+    let a = g.generate(&model, &prompt, 8, &[], &warm, |_| {}).unwrap();
+    let b = g.generate(&model, &prompt, 8, &[], &warm, |_| {}).unwrap();
+    assert_eq!(a, b, "same seed, same tokens");
+    assert!(a.iter().all(|&t| (t as usize) < model.vocab_size));
+    // top-k goes through the CPU sampler on the read-back logits
+    let topk = graft_models::Sampling {
+        temperature: 0.8,
+        top_k: 5,
+        seed: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        g.generate(&model, &prompt, 6, &[], &topk, |_| {}).unwrap(),
+        model.generate_with(&prompt, 6, &[], &topk, |_| {}).unwrap(),
+        "top-k sampling on read-back logits equals the CPU's sampler"
+    );
+}
+
+/// Bad input is an error, never a panic: out-of-vocabulary ids, an empty prompt, a context
+/// longer than the GPU cache.
+#[test]
+fn bad_input_is_an_error() {
+    let Some(gpu) = test_gpu() else { return };
+    let m = Model::open_base(&fixtures().join("models/llama")).unwrap();
+    let mut g = GpuModel::new(
+        &gpu,
+        &m,
+        &GpuModelOptions {
+            max_context: Some(8),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = g.forward(&m, &[1, 100_000], false).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let e = g.forward(&m, &[], false).unwrap_err().to_string();
+    assert!(e.contains("no tokens"), "{e}");
+    let e = g.forward(&m, &[1; 9], false).unwrap_err().to_string();
+    assert!(e.contains("KV cache"), "{e}");
+    // the model still works afterwards
+    g.reset();
+    assert_eq!(g.forward(&m, &[1, 2, 3], false).unwrap().dims(), &[3, 128]);
+}

@@ -218,6 +218,8 @@ pub struct GpuModel {
     rope: wgpu::Buffer,
     dummy: wgpu::Buffer,
     readback: Option<(wgpu::Buffer, u64)>,
+    /// Two 4-byte read-back buffers for the chosen ids of consecutive decode steps.
+    id_slots: [wgpu::Buffer; 2],
     // adapter state
     synced: Option<u64>,
     aux: wgpu::Buffer,
@@ -530,6 +532,14 @@ impl GpuModel {
             rope,
             dummy,
             readback: None,
+            id_slots: [0, 1].map(|_| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("id read-back"),
+                    size: 4,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }),
             synced: None,
             aux,
             norm_offs: HashMap::new(),
@@ -1536,13 +1546,13 @@ impl GpuModel {
             self.len += c.len();
         }
         let mut input: Vec<u32> = last_chunk.to_vec();
+        if on_gpu {
+            self.decode_pipelined(&input, pick, max_new_tokens, eos, &mut out, &mut on_token)?;
+            return Ok(out);
+        }
+        // top-k / top-p: the last logits come back and the CPU's sampler picks
         loop {
-            let next = if on_gpu {
-                let key = self.run_chunk(&input, true, pick)?;
-                let ids = self.ids.clone();
-                let b = self.submit(&key, Some((&ids, 4)))?;
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            } else {
+            let next = {
                 let key = self.run_chunk(&input, true, Pick::None)?;
                 let logits = self.act(B::Logits).clone();
                 let v = self.dims.vocab;
@@ -1558,6 +1568,99 @@ impl GpuModel {
             input = vec![next];
         }
         Ok(out)
+    }
+}
+
+impl GpuModel {
+    /// Decode with the sampled id never leaving the GPU between steps: step k+1 (whose input
+    /// is the id step k's argmax wrote into `ids`) is submitted before step k's id is read
+    /// back, so the read-back round trip overlaps the next token's work. A step enqueued past
+    /// EOS is discarded (the cache length is the host's, rewritten before every step).
+    fn decode_pipelined(
+        &mut self,
+        prompt_tail: &[u32],
+        pick: Pick,
+        max_new_tokens: usize,
+        eos: &[u32],
+        out: &mut Vec<u32>,
+        on_token: &mut impl FnMut(u32),
+    ) -> Result<()> {
+        let key = self.run_chunk(prompt_tail, true, pick)?;
+        let mut pending = self.submit_id(&key, 0)?;
+        self.len += prompt_tail.len();
+        let mut slot = 0;
+        let decode_key = PlanKey {
+            n: 1,
+            last_only: true,
+            pick: key.pick,
+        };
+        loop {
+            let more = out.len() + 1 < max_new_tokens && self.len < self.cap;
+            let next = if more {
+                self.plan(decode_key, pick)?;
+                self.gpu
+                    .queue
+                    .write_buffer(&self.state, 0, bytemuck::cast_slice(&[u(self.len)]));
+                Some(self.submit_id(&decode_key, 1 - slot)?)
+            } else {
+                None
+            };
+            let id = self.read_id(slot, pending)?;
+            out.push(id);
+            on_token(id);
+            match next {
+                Some(n) if !eos.contains(&id) => {
+                    self.len += 1;
+                    pending = n;
+                    slot = 1 - slot;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Submits a planned step and copies the chosen id into read-back slot `slot`.
+    fn submit_id(&mut self, key: &PlanKey, slot: usize) -> Result<wgpu::SubmissionIndex> {
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let d = self.encode(key, &mut enc);
+        enc.copy_buffer_to_buffer(&self.ids, 0, &self.id_slots[slot], 0, 4);
+        let idx = self.gpu.queue.submit([enc.finish()]);
+        self.stats.submits += 1;
+        self.stats.dispatches += d as u64;
+        Ok(idx)
+    }
+
+    fn read_id(&self, slot: usize, idx: wgpu::SubmissionIndex) -> Result<u32> {
+        let buf = &self.id_slots[slot];
+        let slice = buf.slice(..4);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.gpu.take_error()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
+            Err(e) => return Err(Error::Readback(e.to_string())),
+        }
+        let id = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        buf.unmap();
+        Ok(id)
     }
 }
 
