@@ -1,4 +1,4 @@
-// Shared by every kernel that reads a weight matrix: the matrix's shape and strides, and the
+// Shared by the kernels (prepended to each): for those that read a weight matrix, the matrix's shape and strides, and the
 // eight values a format decoder returns. A decoder (formats/*.wgsl) is appended to each kernel
 // and defines `w8(row, c8)` (columns 8·c8 .. 8·c8+8) and `w1(row, col)` over the kernel's
 // `wq` (packed values) and `ws` (scales) bindings.
@@ -30,4 +30,14 @@ fn h2f(h: u32) -> f32 {
 
 fn h2(w: u32) -> vec2<f32> {
     return vec2<f32>(h2f(w & 0xffffu), h2f(w >> 16u));
+}
+
+// erf from erfc's Chebyshev fit (Numerical Recipes `erfcc`), fractional error below 1.2e-7.
+fn erf_(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+        t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, x >= 0.0);
 }

@@ -18,6 +18,11 @@
 //
 // Several modules that share an input (q, k, v; gate, up) run as one dispatch over their
 // concatenated rows; `seg` says where each module's rows end and where its LoRA ranks sit.
+//
+// The input may be transformed as it is read (`xform`), which saves the dispatch that would
+// otherwise write it out: the RMSNorm / LayerNorm before q/k/v and gate/up (each workgroup
+// reduces its tokens' rows first), or the activation before down_proj / fc2 (SiLU(gate)·up
+// with up at column + act_off, ReLU, GELU).
 
 const F_BIAS: u32 = 1u;
 const F_OUT_SCALE: u32 = 2u;
@@ -26,6 +31,13 @@ const F_DORA: u32 = 8u;
 const F_POST_BIAS: u32 = 16u;
 const F_LORA: u32 = 32u;
 const F_ACCUM: u32 = 64u;
+
+const X_NONE: u32 = 0u;
+const X_RMS: u32 = 1u;
+const X_LAYER_NORM: u32 = 2u;
+const X_SILU_MUL: u32 = 3u;
+const X_RELU: u32 = 4u;
+const X_GELU: u32 = 5u;
 
 struct Seg {
     // one past the module's last row in the group
@@ -53,9 +65,15 @@ struct Params {
     t_stride: u32,
     nseg: u32,
     c8n: u32,
+    xform: u32,
+    // SiLU·mul: columns of the second operand (up) after the first (gate)
+    act_off: u32,
+    // the norm's weight and (with has_nb) bias in `aux`, and its eps
+    nw_off: u32,
+    nb_off: u32,
+    eps: f32,
+    has_nb: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
     seg: array<Seg, 4>,
 }
 
@@ -73,15 +91,104 @@ override RPW: u32 = 8u;
 
 // WG · TN partial sums; WG ≤ 256 and TN ≤ 8.
 var<workgroup> red: array<f32, 2048>;
+// per token of the workgroup's tile: the norm's mean and 1/sqrt(var + eps)
+var<workgroup> nstat: array<vec2<f32>, 8>;
 
-fn xv(t: u32, c: u32) -> vec4<f32> {
+// The input value of token t (lt: its index in the tile) at column c, transformed.
+fn xval(t: u32, lt: u32, c: u32) -> f32 {
     let b = t * P.x_stride + c;
-    return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+    let v = x[b];
+    switch P.xform {
+        case 0u: {
+            return v;
+        }
+        case 1u, 2u: {
+            var r = (v - nstat[lt].x) * nstat[lt].y * aux[P.nw_off + c];
+            if (P.has_nb != 0u) {
+                r += aux[P.nb_off + c];
+            }
+            return r;
+        }
+        case 3u: {
+            return v / (1.0 + exp(-v)) * x[b + P.act_off];
+        }
+        case 4u: {
+            return max(v, 0.0);
+        }
+        default: {
+            return 0.5 * v * (1.0 + erf_(v * 0.70710678118654752));
+        }
+    }
+}
+
+fn xv(t: u32, lt: u32, c: u32) -> vec4<f32> {
+    if (P.xform == X_NONE) {
+        let b = t * P.x_stride + c;
+        return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+    }
+    return vec4<f32>(xval(t, lt, c), xval(t, lt, c + 1u), xval(t, lt, c + 2u), xval(t, lt, c + 3u));
 }
 
 fn sv(c: u32) -> vec4<f32> {
     let b = P.in_off + c;
     return vec4<f32>(aux[b], aux[b + 1u], aux[b + 2u], aux[b + 3u]);
+}
+
+// Threads that compute the norm statistics: few, so that the reduction takes two barriers
+// rather than a tree of eight (each workgroup redoes it for its tokens; the rows are short).
+const NSTAT_THREADS: u32 = 32u;
+
+// Sums of the NSTAT_THREADS partials per token (red[t · NSTAT_THREADS + i]) → red[t · NSTAT_THREADS].
+fn reduce_partials(li: u32) {
+    workgroupBarrier();
+    if (li < TN) {
+        var s = 0.0;
+        for (var i = 0u; i < NSTAT_THREADS; i++) {
+            s += red[li * NSTAT_THREADS + i];
+        }
+        red[li * NSTAT_THREADS] = s;
+    }
+    workgroupBarrier();
+}
+
+// The norm statistics of the tile's tokens, computed as transformers does: mean(x²) for RMSNorm;
+// mean, then mean((x − mean)²) for LayerNorm.
+fn norm_stats(li: u32, t0: u32) {
+    let cols = P.wd.cols;
+    var mean = array<f32, TN>();
+    if (P.xform == X_LAYER_NORM) {
+        if (li < NSTAT_THREADS) {
+            for (var t = 0u; t < TN; t++) {
+                let tt = min(t0 + t, P.n - 1u);
+                var s = 0.0;
+                for (var c = li; c < cols; c += NSTAT_THREADS) {
+                    s += x[tt * P.x_stride + c];
+                }
+                red[t * NSTAT_THREADS + li] = s;
+            }
+        }
+        reduce_partials(li);
+        for (var t = 0u; t < TN; t++) {
+            mean[t] = red[t * NSTAT_THREADS] / f32(cols);
+        }
+        workgroupBarrier();
+    }
+    if (li < NSTAT_THREADS) {
+        for (var t = 0u; t < TN; t++) {
+            let tt = min(t0 + t, P.n - 1u);
+            var s = 0.0;
+            for (var c = li; c < cols; c += NSTAT_THREADS) {
+                let d = x[tt * P.x_stride + c] - mean[t];
+                s += d * d;
+            }
+            red[t * NSTAT_THREADS + li] = s;
+        }
+    }
+    reduce_partials(li);
+    if (li < TN) {
+        nstat[li] = vec2<f32>(mean[li], 1.0 / sqrt(red[li * NSTAT_THREADS] / f32(cols) + P.eps));
+    }
+    workgroupBarrier();
 }
 
 @compute @workgroup_size(WG)
@@ -90,6 +197,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let lane = li % tpr;
     let row = wid.x * RPW + li / tpr;
     let t0 = wid.y * TN;
+    if (P.xform == X_RMS || P.xform == X_LAYER_NORM) {
+        norm_stats(li, t0);
+    }
     var acc: array<f32, TN>;
     if (row < P.wd.rows) {
         let in_scaled = (P.flags & F_IN_SCALE) != 0u;
@@ -103,7 +213,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             }
             for (var t = 0u; t < TN; t++) {
                 let tt = min(t0 + t, P.n - 1u);
-                acc[t] += dot(wa, xv(tt, c * 8u)) + dot(wb, xv(tt, c * 8u + 4u));
+                acc[t] += dot(wa, xv(tt, t, c * 8u)) + dot(wb, xv(tt, t, c * 8u + 4u));
             }
         }
         for (var c = P.c8n * 8u + lane; c < P.wd.cols; c += tpr) {
@@ -113,7 +223,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             }
             for (var t = 0u; t < TN; t++) {
                 let tt = min(t0 + t, P.n - 1u);
-                acc[t] += w * x[tt * P.x_stride + c];
+                acc[t] += w * xval(tt, t, c);
             }
         }
     }

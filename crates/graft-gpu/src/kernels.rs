@@ -113,7 +113,7 @@ impl Kernel {
             Kernel::Norm => NORM.to_string(),
             Kernel::RopeKv => ROPE_KV.to_string(),
             Kernel::Attention => ATTENTION.to_string(),
-            Kernel::Act => ACT.to_string(),
+            Kernel::Act => format!("{COMMON}\n{ACT}"),
             Kernel::Argmax => ARGMAX.to_string(),
             Kernel::Copy => COPY.to_string(),
         }
@@ -303,6 +303,14 @@ pub const F_DORA: u32 = 8;
 pub const F_POST_BIAS: u32 = 16;
 pub const F_LORA: u32 = 32;
 pub const F_ACCUM: u32 = 64;
+
+/// How the linear kernel transforms its input as it reads it.
+pub const X_NONE: u32 = 0;
+pub const X_RMS: u32 = 1;
+pub const X_LAYER_NORM: u32 = 2;
+pub const X_SILU_MUL: u32 = 3;
+pub const X_RELU: u32 = 4;
+pub const X_GELU: u32 = 5;
 /// Modules per fused linear dispatch (q, k, v).
 pub const MAX_SEGS: usize = 4;
 
@@ -323,9 +331,13 @@ pub struct LinearParams {
     pub t_stride: u32,
     pub nseg: u32,
     pub c8n: u32,
+    pub xform: u32,
+    pub act_off: u32,
+    pub nw_off: u32,
+    pub nb_off: u32,
+    pub eps: f32,
+    pub has_nb: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
     pub seg: [Seg; MAX_SEGS],
 }
 
@@ -457,7 +469,7 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
     }
     match name {
         "LinearParams" => {
-            lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, _pad0, _pad1, _pad2, seg)
+            lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, xform, act_off, nw_off, nb_off, eps, has_nb, _pad0, seg)
         }
         "EmbedParams" => {
             lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, row0, total_rows, _pad0)
@@ -490,6 +502,12 @@ pub fn host_constants() -> Vec<(&'static str, u32)> {
         ("F_POST_BIAS", F_POST_BIAS),
         ("F_LORA", F_LORA),
         ("F_ACCUM", F_ACCUM),
+        ("X_NONE", X_NONE),
+        ("X_RMS", X_RMS),
+        ("X_LAYER_NORM", X_LAYER_NORM),
+        ("X_SILU_MUL", X_SILU_MUL),
+        ("X_RELU", X_RELU),
+        ("X_GELU", X_GELU),
         ("E_LORA", E_LORA),
         ("E_ACCUM", E_ACCUM),
         ("E_POSITIONS", E_POSITIONS),

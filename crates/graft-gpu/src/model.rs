@@ -46,12 +46,21 @@ enum B {
     Qkv,
     Att,
     Mlp,
-    Act,
     Last,
     Logits,
     /// The input of the part after the last-row cut: `Last` when the cut copies, else the
     /// residual stream named by the cut.
     Tail,
+}
+
+/// What the linear kernel does to its input as it reads it.
+#[derive(Debug, Clone, Copy)]
+enum Xform {
+    None,
+    /// The norm before q/k/v or gate/up (saves writing the normalised rows out).
+    Norm(Norm),
+    /// The activation before down_proj / fc2: one of the X_* codes.
+    Act(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -75,17 +84,13 @@ enum Op {
         y_off: u32,
         accum: bool,
         tail: bool,
+        xform: Xform,
     },
     RopeKv {
         layer: usize,
     },
     Attention {
         layer: usize,
-    },
-    Act {
-        kind: u32,
-        src: B,
-        dst: B,
     },
     LastRow {
         src: B,
@@ -291,29 +296,26 @@ impl GpuModel {
                     accum: false,
                     positions: false,
                 });
+                // per layer: qkv (norm fused), rope + KV write, attention, o (+ residual),
+                // gate/up (norm fused), down (SiLU·mul fused, + residual)
                 for (li, l) in m.layers.iter().enumerate() {
-                    b.norm(l.input_norm, B::X, B::H, false);
                     let qkv = b.group(&[l.q, l.k, l.v], None)?;
-                    b.linear(qkv, B::H, B::Qkv, false, false);
+                    let xf = b.fused_norm(l.input_norm);
+                    b.linear(qkv, B::X, B::Qkv, false, false, xf);
                     b.prog.push(Op::RopeKv { layer: li });
                     b.prog.push(Op::Attention { layer: li });
                     let o = b.group(&[l.o], None)?;
-                    b.linear(o, B::Att, B::X, true, false);
-                    b.norm(l.post_norm, B::X, B::H, false);
+                    b.linear(o, B::Att, B::X, true, false, Xform::None);
                     let gu = b.group(&[l.gate, l.up], None)?;
-                    b.linear(gu, B::H, B::Mlp, false, false);
-                    b.prog.push(Op::Act {
-                        kind: A_SILU_MUL,
-                        src: B::Mlp,
-                        dst: B::Act,
-                    });
+                    let xf = b.fused_norm(l.post_norm);
+                    b.linear(gu, B::X, B::Mlp, false, false, xf);
                     let down = b.group(&[l.down], None)?;
-                    b.linear(down, B::Act, B::X, true, false);
+                    b.linear(down, B::Mlp, B::X, true, false, Xform::Act(X_SILU_MUL));
                 }
                 b.prog.push(Op::LastRow { src: B::X });
                 b.norm(m.norm, B::Tail, B::H, true);
                 let head = b.group(&[m.head], m.tied.then_some(m.embed))?;
-                b.linear(head, B::H, B::Logits, false, true);
+                b.linear(head, B::H, B::Logits, false, true, Xform::None);
                 Dims {
                     hidden: c.hidden_size,
                     emb_dim: c.hidden_size,
@@ -343,7 +345,7 @@ impl GpuModel {
                         positions: false,
                     });
                     let g = b.group(&[pi], None)?;
-                    b.linear(g, B::E, B::X, false, false);
+                    b.linear(g, B::E, B::X, false, false, Xform::None);
                 } else {
                     b.prog.push(Op::Embed {
                         e,
@@ -361,41 +363,37 @@ impl GpuModel {
                 });
                 let pre = c.do_layer_norm_before;
                 let (mut x, mut x2) = (B::X, B::X2);
+                let act = match c.activation {
+                    Activation::Relu => X_RELU,
+                    Activation::Gelu => X_GELU,
+                };
                 for (li, l) in m.layers.iter().enumerate() {
-                    let src = if pre {
-                        b.norm(l.attn_norm, x, B::H, false);
-                        B::H
+                    // pre-LN: the norm is fused into q/k/v and fc1; post-LN normalises the
+                    // residual stream itself, so it stays a dispatch of its own
+                    let xf = if pre {
+                        b.fused_norm(l.attn_norm)
                     } else {
-                        x
+                        Xform::None
                     };
                     let qkv = b.group(&[l.q, l.k, l.v], None)?;
-                    b.linear(qkv, src, B::Qkv, false, false);
+                    b.linear(qkv, x, B::Qkv, false, false, xf);
                     b.prog.push(Op::RopeKv { layer: li });
                     b.prog.push(Op::Attention { layer: li });
                     let o = b.group(&[l.out], None)?;
-                    b.linear(o, B::Att, x, true, false);
+                    b.linear(o, B::Att, x, true, false, Xform::None);
                     if !pre {
                         b.norm(l.attn_norm, x, x2, false);
                         std::mem::swap(&mut x, &mut x2);
                     }
-                    let src = if pre {
-                        b.norm(l.final_norm, x, B::H, false);
-                        B::H
+                    let xf = if pre {
+                        b.fused_norm(l.final_norm)
                     } else {
-                        x
+                        Xform::None
                     };
                     let fc1 = b.group(&[l.fc1], None)?;
-                    b.linear(fc1, src, B::Mlp, false, false);
-                    b.prog.push(Op::Act {
-                        kind: match c.activation {
-                            Activation::Relu => A_RELU,
-                            Activation::Gelu => A_GELU,
-                        },
-                        src: B::Mlp,
-                        dst: B::Act,
-                    });
+                    b.linear(fc1, x, B::Mlp, false, false, xf);
                     let fc2 = b.group(&[l.fc2], None)?;
-                    b.linear(fc2, B::Act, x, true, false);
+                    b.linear(fc2, B::Mlp, x, true, false, Xform::Act(act));
                     if !pre {
                         b.norm(l.final_norm, x, x2, false);
                         std::mem::swap(&mut x, &mut x2);
@@ -410,11 +408,11 @@ impl GpuModel {
                 if let Some(po) = m.project_out {
                     let g = b.group(&[po], None)?;
                     let dst = if cur == B::H { B::E } else { B::H };
-                    b.linear(g, cur, dst, false, true);
+                    b.linear(g, cur, dst, false, true, Xform::None);
                     cur = dst;
                 }
                 let head = b.group(&[m.head], m.tied.then_some(m.embed))?;
-                b.linear(head, cur, B::Logits, false, true);
+                b.linear(head, cur, B::Logits, false, true, Xform::None);
                 Dims {
                     hidden: c.hidden_size,
                     emb_dim: c.word_embed_proj_dim,
@@ -486,7 +484,6 @@ impl GpuModel {
             (B::Qkv, (dims.nh + 2 * dims.nkv) * dims.hd),
             (B::Att, dims.nh * dims.hd),
             (B::Mlp, dims.mlp_width),
-            (B::Act, dims.act_width),
             (B::Last, hmax),
             (B::Logits, dims.vocab),
         ] {
@@ -932,7 +929,6 @@ impl GpuModel {
             B::Qkv => (d.nh + 2 * d.nkv) * d.hd,
             B::Att => d.nh * d.hd,
             B::Mlp => d.mlp_width,
-            B::Act => d.act_width,
             B::Logits => d.vocab,
         }
     }
@@ -1099,7 +1095,21 @@ impl GpuModel {
                     y_off,
                     accum,
                     tail,
+                    xform,
                 } => {
+                    let (xf, act_off, nw_off, nb_off, eps, has_nb) = match xform {
+                        Xform::None => (X_NONE, 0, 0, 0, 0.0, 0),
+                        Xform::Norm(nm) => {
+                            let (w, b, hb) =
+                                self.norm_offs.get(&nm.id).copied().unwrap_or_default();
+                            let k = if nm.rms { X_RMS } else { X_LAYER_NORM };
+                            (k, 0, w, b, nm.eps as f32, u32::from(hb))
+                        }
+                        Xform::Act(k) => {
+                            let off = if *k == X_SILU_MUL { u(d.act_width) } else { 0 };
+                            (*k, off, 0, 0, 0.0, 0)
+                        }
+                    };
                     let grp = &self.groups[*g];
                     let gs = &self.gstate[*g];
                     let ne = if *tail && last_only { 1 } else { n };
@@ -1113,6 +1123,12 @@ impl GpuModel {
                             x_stride: xs,
                             y_stride: u(gs.r_total),
                             c8n: a.c8n,
+                            xform: xf,
+                            act_off,
+                            nw_off,
+                            nb_off,
+                            eps,
+                            has_nb,
                             ..Default::default()
                         };
                         let uoff = put(bytemuck::bytes_of(&p));
@@ -1153,6 +1169,12 @@ impl GpuModel {
                         t_stride: u(gs.r_total),
                         nseg: u(gs.segs.len()),
                         c8n: w.c8n,
+                        xform: xf,
+                        act_off,
+                        nw_off,
+                        nb_off,
+                        eps,
+                        has_nb,
                         seg,
                         ..Default::default()
                     };
@@ -1238,31 +1260,6 @@ impl GpuModel {
                             self.act(B::Att).clone(),
                         ],
                         wg: (u(d.nh), u(n), 1),
-                    });
-                }
-                Op::Act { kind, src, dst } => {
-                    let p = ActParams {
-                        n: u(n),
-                        width: u(d.act_width),
-                        in_stride: u(self.width(*src)),
-                        out_stride: u(self.width(*dst)),
-                        kind: *kind,
-                        a_off: 0,
-                        b_off: if *kind == A_SILU_MUL {
-                            u(d.act_width)
-                        } else {
-                            0
-                        },
-                        ..Default::default()
-                    };
-                    let uoff = put(bytemuck::bytes_of(&p));
-                    step!(Pending {
-                        kernel: Kernel::Act,
-                        consts: vec![("WG", 256)],
-                        uoff,
-                        usize_: std::mem::size_of::<ActParams>() as u64,
-                        bufs: vec![self.act(*src).clone(), self.act(*dst).clone()],
-                        wg: (u(d.act_width).div_ceil(256), u(n), 1),
                     });
                 }
                 Op::LastRow { src } => {
@@ -1723,7 +1720,16 @@ impl Builder<'_> {
         });
     }
 
-    fn linear(&mut self, gs: Vec<(usize, u32)>, src: B, dst: B, accum: bool, tail: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        gs: Vec<(usize, u32)>,
+        src: B,
+        dst: B,
+        accum: bool,
+        tail: bool,
+        xform: Xform,
+    ) {
         for (g, y_off) in gs {
             self.prog.push(Op::Linear {
                 g,
@@ -1732,8 +1738,17 @@ impl Builder<'_> {
                 y_off,
                 accum,
                 tail,
+                xform,
             });
         }
+    }
+
+    /// A norm folded into the linear dispatch that reads its output.
+    fn fused_norm(&mut self, n: Norm) -> Xform {
+        if !self.norms.iter().any(|m| m.id == n.id) {
+            self.norms.push(n);
+        }
+        Xform::Norm(n)
     }
 
     /// Modules sharing an input: stacked into one matrix (one dispatch) when their layouts
