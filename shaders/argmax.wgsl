@@ -50,7 +50,8 @@ fn main(@builtin(local_invocation_index) li: u32) {
             // u in (0, 1): 23 bits, so that k + 0.5 is exact in f32 (with 24 bits the largest
             // k + 0.5 rounds up to 2^24, u = 1 and the noise is infinite)
             let u = (f32(h >> 9u) + 0.5) / 8388608.0;
-            v = v * P.inv_temp - log(-log(u));
+            // WGSL's log is only ~5e-7 accurate near 1: keep −log(u) positive
+            v = v * P.inv_temp - log(max(-log(u), 1e-30));
         }
         if (v > best || besti == 0xffffffffu) {
             best = v;

@@ -54,8 +54,7 @@ fn measure(
 /// (copy GB/s, quantized mat-vec GB/s, shape)
 fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
     let ops = Ops::new(gpu);
-    let limit =
-        u64::from(gpu.limits.max_storage_buffer_binding_size).min(gpu.limits.max_buffer_size);
+    let limit = gpu.binding_limit();
     // Q4_1 at 0.625 bytes per weight, cols 4096; as many rows as fit (at most 64 Mi weights).
     let cols = 4096u32;
     let rows = ((limit / (cols as u64 * 5 / 8)) as u32).min(16384) / 8 * 8;
@@ -193,11 +192,7 @@ pub fn run(
     for (i, (label, cfg)) in configs.into_iter().enumerate() {
         match (label, cfg) {
             ("given adapters", _) => model.enable_adapters()?,
-            ("no adapter", _) => {
-                if user_adapters {
-                    model.disable_adapters()?;
-                }
-            }
+            ("no adapter", _) if user_adapters => model.disable_adapters()?,
             (_, Some(cfg)) => {
                 let name = format!("bench{i}");
                 let cfg = graft_core::config::config_from_kwargs(cfg)?;

@@ -158,11 +158,14 @@ pub enum Bind {
     ReadWrite,
 }
 
+/// A kernel with its override constants.
+type PipelineKey = (Kernel, Vec<(&'static str, u32)>);
+
 /// Compiled pipelines, keyed by kernel and override constants.
 #[derive(Default)]
 pub struct Registry {
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Kernel, Vec<(&'static str, u32)>), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     layouts: Mutex<HashMap<Kernel, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     compiled: std::sync::atomic::AtomicUsize,
 }

@@ -197,6 +197,14 @@ struct Dims {
     window: u32,
 }
 
+/// A group (or embedding) and the identities of the tensors that replace its weights
+/// (`modules_to_save`, overwritten base parameters): uploaded once, reused on every switch back.
+type OverrideKey = (usize, Vec<Option<candle_core::TensorId>>);
+
+/// One LoRA-type term on a module: A rows (r, in), B (out, r) with the scale folded in, r, and
+/// the scaled `lora_bias`.
+type LoraTerm = (Vec<f32>, Vec<f32>, usize, Option<Vec<f32>>);
+
 /// Counters for the benchmark.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GpuStats {
@@ -232,8 +240,8 @@ pub struct GpuModel {
     gstate: Vec<GroupState>,
     estate: Vec<EmbedState>,
     t_buf: wgpu::Buffer,
-    overrides: HashMap<(usize, Vec<Option<candle_core::TensorId>>), GpuWeight>,
-    embed_overrides: HashMap<(usize, Vec<Option<candle_core::TensorId>>), Vec<(usize, GpuWeight)>>,
+    overrides: HashMap<OverrideKey, GpuWeight>,
+    embed_overrides: HashMap<OverrideKey, Vec<(usize, GpuWeight)>>,
     plans: HashMap<PlanKey, Plan>,
     /// Positions in the KV cache.
     pub len: usize,
@@ -443,8 +451,10 @@ impl GpuModel {
             .max(1);
         let kv_bytes = (cap * dims.nkv * dims.hd * 4) as u64;
         gpu.check_binding("KV cache of one layer", kv_bytes)?;
-        let max_bind =
-            u64::from(gpu.limits.max_storage_buffer_binding_size).min(gpu.limits.max_buffer_size);
+        let max_bind = gpu
+            .limits
+            .max_storage_buffer_binding_size
+            .min(gpu.limits.max_buffer_size);
         let widest = dims
             .vocab
             .max(dims.mlp_width)
@@ -723,7 +733,7 @@ impl GpuModel {
                 flags |= F_BIAS;
             }
             // (A rows (r, in), B (out, r) with the scale folded in, lora bias · scale)
-            let mut loras: Vec<(Vec<f32>, Vec<f32>, usize, Option<Vec<f32>>)> = Vec::new();
+            let mut loras: Vec<LoraTerm> = Vec::new();
             let mut dora_at: Option<(usize, Vec<f32>)> = None;
             let mut out_scaled = false;
             for layer in reg.active_layers(m) {
@@ -1526,7 +1536,7 @@ impl GpuModel {
             Pick::Greedy
         } else {
             Pick::Gumbel {
-                inv_temp: 1.0 / sampling.temperature as f32,
+                inv_temp: 1.0 / sampling.temperature,
                 seed: sampling.seed as u32,
             }
         };

@@ -91,7 +91,7 @@ impl Packed {
     pub fn from_qmatrix(q: &QMatrix) -> Result<Packed> {
         let (rows, cols) = (q.rows, q.cols);
         let data: &[u8] = &q.data;
-        let rb = if rows == 0 { 0 } else { data.len() / rows };
+        let rb = data.len().checked_div(rows).unwrap_or(0);
         let mut wq = Vec::new();
         let mut ws = Vec::new();
         let (fmt, row_words, row_swords, c8n) = match q.qtype {
@@ -185,7 +185,7 @@ impl Packed {
         if first.fmt == Fmt::Nf4
             && parts
                 .iter()
-                .any(|p| (p.desc.rows as u64 * p.desc.cols as u64) % 64 != 0)
+                .any(|p| !(p.desc.rows as u64 * p.desc.cols as u64).is_multiple_of(64))
         {
             return None;
         }

@@ -14,8 +14,9 @@ use bytemuck::bytes_of;
 use graft_gpu::kernels::{
     ActParams, ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams,
     NormParams, RopeKvParams, Seg, A_GELU, A_RELU, A_SILU_MUL, E_ACCUM, E_LORA, E_POSITIONS,
-    F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE, F_POST_BIAS, MAX_SEGS, N_BIAS, N_RMS,
-    R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL,
+    F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE, F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS,
+    N_BIAS, N_RMS, R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU,
+    X_RMS, X_SILU_MUL,
 };
 use graft_gpu::ops::{Input, Ops};
 use graft_gpu::weights::Packed;
@@ -164,7 +165,7 @@ const RPW: u32 = 8;
 
 // ---------------------------------------------------------------- linear
 
-/// The linear kernel's eight bindings after the uniform.
+/// The linear kernel's bindings other than the uniform and the weights (wq, ws).
 struct LinearIo<'a> {
     x: &'a [f32],
     aux: &'a [f32],
@@ -246,6 +247,31 @@ fn linear_every_format_matches_the_dequantized_matmul() {
                 vals[2 * cols] = -0.0;
             }
             let (w, deq) = pack(fmt, rows, cols, &vals);
+            // the direct constructors (LoRA A, overrides) lay out as the quantized path does
+            let direct = match fmt {
+                Fmt::F32 => Some(Packed::f32(rows, cols, &vals).unwrap()),
+                Fmt::F16 => Some(Packed::f16(rows, cols, &vals).unwrap()),
+                _ => None,
+            };
+            if let Some(d) = direct {
+                let same = d.wq == w.wq && d.ws == w.ws && d.c8n == w.c8n;
+                let desc = (
+                    d.desc.rows,
+                    d.desc.cols,
+                    d.desc.row_words,
+                    d.desc.row_swords,
+                );
+                let want = (
+                    w.desc.rows,
+                    w.desc.cols,
+                    w.desc.row_words,
+                    w.desc.row_swords,
+                );
+                assert!(
+                    same && desc == want,
+                    "Packed::{fmt:?} {rows}x{cols} differs from from_qmatrix"
+                );
+            }
             if fmt == Fmt::Nf4 && cols % 8 != 0 {
                 assert_eq!(w.c8n, 0, "NF4 {rows}x{cols}: c8n");
             }
@@ -480,11 +506,158 @@ fn linear_epilogue_flags_segments_and_output_placement() {
     }
 }
 
+/// The input transforms the linear kernel applies as it reads x (the norm before q/k/v and
+/// gate/up, the activation before down_proj / fc2), against the transform done on the CPU
+/// followed by the matmul.
+#[test]
+fn linear_input_transforms() {
+    let Some(gpu) = gpu() else { return };
+    let ops = ops(&gpu);
+    let mut rng = Rng::new(10);
+    let shapes: &[(Fmt, usize, usize)] = &[
+        (Fmt::F32, 13, 37),
+        (Fmt::F32, 9, 64),
+        (Fmt::F16, 33, 100),
+        (Fmt::Q8_0, 17, 96),
+        (Fmt::Q4_1, 5, 576),
+        (Fmt::Int8, 8, 257),
+        (Fmt::Nf4, 7, 13),
+    ];
+    let xforms = [
+        ("none", X_NONE, false),
+        ("rms", X_RMS, false),
+        ("layernorm", X_LAYER_NORM, false),
+        ("layernorm+bias", X_LAYER_NORM, true),
+        ("silu*mul", X_SILU_MUL, false),
+        ("relu", X_RELU, false),
+        ("gelu", X_GELU, false),
+    ];
+    let mut case = 0usize;
+    for &(fmt, rows, cols) in shapes {
+        let (w, deq) = pack(fmt, rows, cols, &rng.vec(rows * cols));
+        for &(name, xform, has_nb) in &xforms {
+            let n = [1, 3, 9, 17][case % 4];
+            let flags = [0, F_BIAS | F_ACCUM][case % 2];
+            case += 1;
+            let norm = xform == X_RMS || xform == X_LAYER_NORM;
+            // SiLU·mul reads up at column + act_off: gate and up side by side
+            let act_off = if xform == X_SILU_MUL { cols + 1 } else { 0 };
+            let x_stride = cols + act_off + 2;
+            let x = if norm {
+                rng.range(n * x_stride, 1.0, 3.0)
+            } else {
+                rng.range(n * x_stride, -6.0, 6.0)
+            };
+            // aux: [3 unused | norm weight | norm bias | bias]
+            let mut aux = rng.vec(3);
+            let nw_off = aux.len();
+            aux.extend(rng.range(cols, 0.5, 1.5));
+            let nb_off = aux.len();
+            aux.extend(rng.vec(cols));
+            let bias_off = aux.len();
+            aux.extend(rng.vec(rows));
+            // a model's eps, and one large enough that leaving it out shows
+            let eps = [1e-5f32, 0.5][case % 2];
+            let gelu: Vec<f32> = if xform == X_GELU {
+                candle_core::Tensor::from_slice(&x, x.len(), &candle_core::Device::Cpu)
+                    .and_then(|t| t.gelu_erf())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .unwrap()
+            } else {
+                Vec::new()
+            };
+            let y_stride = rows + 1;
+            let y0 = rng.vec(n * y_stride);
+            let mut want: Vec<f64> = y0.iter().map(|v| *v as f64).collect();
+            let mut mag = vec![0f64; y0.len()];
+            for t in 0..n {
+                let xr = &x[t * x_stride..];
+                let row: Vec<f64> = xr[..cols].iter().map(|v| *v as f64).collect();
+                let mean = if xform == X_LAYER_NORM {
+                    row.iter().sum::<f64>() / cols as f64
+                } else {
+                    0.0
+                };
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+                let inv = 1.0 / (var + eps as f64).sqrt();
+                let xt: Vec<f64> = (0..cols)
+                    .map(|c| {
+                        let v = row[c];
+                        match xform {
+                            X_RMS | X_LAYER_NORM => {
+                                let mut r = (v - mean) * inv * aux[nw_off + c] as f64;
+                                if has_nb {
+                                    r += aux[nb_off + c] as f64;
+                                }
+                                r
+                            }
+                            X_SILU_MUL => v / (1.0 + (-v).exp()) * xr[c + act_off] as f64,
+                            X_RELU => v.max(0.0),
+                            X_GELU => gelu[t * x_stride + c] as f64,
+                            _ => v,
+                        }
+                    })
+                    .collect();
+                for r in 0..rows {
+                    let (mut v, mut m) = (0f64, 0f64);
+                    for (c, xc) in xt.iter().enumerate() {
+                        let term = deq[r * cols + c] as f64 * xc;
+                        v += term;
+                        m += term.abs();
+                    }
+                    let yi = t * y_stride + r;
+                    if flags & F_BIAS != 0 {
+                        v += aux[bias_off + r] as f64;
+                        m += aux[bias_off + r].abs() as f64;
+                    }
+                    if flags & F_ACCUM != 0 {
+                        v += y0[yi] as f64;
+                        m += y0[yi].abs() as f64;
+                    }
+                    want[yi] = v;
+                    mag[yi] = m;
+                }
+            }
+            let p = LinearParams {
+                wd: w.desc,
+                n: n as u32,
+                x_stride: x_stride as u32,
+                y_stride: y_stride as u32,
+                flags,
+                bias_off: bias_off as u32,
+                c8n: w.c8n,
+                xform,
+                act_off: act_off as u32,
+                nw_off: nw_off as u32,
+                nb_off: nb_off as u32,
+                eps,
+                has_nb: u32::from(has_nb),
+                ..Default::default()
+            };
+            let io = LinearIo {
+                x: &x,
+                aux: &aux,
+                lt: &[],
+                lb: &[],
+                y: &y0,
+            };
+            for tn in [TN_DECODE, TN_PREFILL] {
+                let ctx = format!(
+                    "linear xform {name} {fmt:?} tn={tn} rows={rows} cols={cols} n={n} flags={flags:#09b} eps={eps}"
+                );
+                let got = run_linear(ops, tn, &p, &w, &io, &ctx);
+                check(&ctx, &got, &want, &mag, 2e-5, 0.0);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- embed
 
-/// Lookups for every format, plain and with LoRA (r 1 and 3), positions and accumulation.
+/// Lookups for every format, plain and with LoRA (r 1 and 3), positions and accumulation, from
+/// a whole table and from a table split by rows.
 #[test]
-fn embed_every_format_with_lora_positions_and_accum() {
+fn embed_every_format_with_lora_positions_accum_and_split_tables() {
     let Some(gpu) = gpu() else { return };
     let ops = ops(&gpu);
     let mut rng = Rng::new(3);
@@ -549,39 +722,62 @@ fn embed_every_format_with_lora_positions_and_accum() {
                         mag[yi] = m;
                     }
                 }
-                let p = EmbedParams {
-                    wd: w.desc,
-                    n: n as u32,
-                    y_stride: y_stride as u32,
-                    flags,
-                    lora_r: r as u32,
-                    pos_offset,
-                    ..Default::default()
-                };
-                let ctx = format!(
-                    "embed {fmt:?} rows={rows} cols={cols} n={n} flags={flags:#05b} r={r} state={pos0} pos_offset={pos_offset}"
-                );
-                let out = run(
-                    ops,
-                    Kernel::Embed(fmt),
-                    bytes_of(&p),
-                    &[
-                        Input::U32(&ids),
-                        Input::U32(&w.wq),
-                        Input::U32(&w.ws),
-                        Input::F32(&la),
-                        Input::F32(&lb),
-                        Input::U32(&[pos0]),
-                        Input::F32(&y0),
-                    ],
-                    ((cols as u32).div_ceil(64), n as u32, 1),
-                    &[7],
-                    &ctx,
-                );
-                let got = floats(&out[0], y0.len());
-                // a lookup is exact but for Q4_1's q·d + m (which a GPU may fuse); elements
-                // outside the rows written must be unchanged (mag 0, tolerance 0)
-                check(&ctx, &got, &want, &mag, 1e-6, 0.0);
+                // the whole table, then (as the model splits a table larger than a binding)
+                // two row ranges dispatched in turn over the same output, each writing only
+                // the tokens whose ids fall in it (NF4's blocks run across rows: no split)
+                let mut parts = vec![(0, w.clone())];
+                if fmt != Fmt::Nf4 {
+                    let a = rows / 3 + 1;
+                    parts.push((0, w.slice_rows(0, a).unwrap()));
+                    parts.push((a, w.slice_rows(a, rows).unwrap()));
+                }
+                for split in [false, true] {
+                    let runs = if split { &parts[1..] } else { &parts[..1] };
+                    if runs.is_empty() {
+                        continue;
+                    }
+                    let ranges: Vec<(usize, u32)> =
+                        runs.iter().map(|(r0, p)| (*r0, p.desc.rows)).collect();
+                    let ctx = format!(
+                        "embed {fmt:?} rows={rows} cols={cols} n={n} flags={flags:#05b} r={r} state={pos0} pos_offset={pos_offset} parts (row0, rows) {ranges:?}"
+                    );
+                    let y = ops.upload_f32(&y0).unwrap();
+                    let mut out = Vec::new();
+                    for (row0, part) in runs {
+                        let p = EmbedParams {
+                            wd: part.desc,
+                            n: n as u32,
+                            y_stride: y_stride as u32,
+                            flags,
+                            lora_r: r as u32,
+                            pos_offset,
+                            row0: *row0 as u32,
+                            total_rows: rows as u32,
+                            ..Default::default()
+                        };
+                        out = run(
+                            ops,
+                            Kernel::Embed(fmt),
+                            bytes_of(&p),
+                            &[
+                                Input::U32(&ids),
+                                Input::U32(&part.wq),
+                                Input::U32(&part.ws),
+                                Input::F32(&la),
+                                Input::F32(&lb),
+                                Input::U32(&[pos0]),
+                                Input::Buffer(&y),
+                            ],
+                            ((cols as u32).div_ceil(64), n as u32, 1),
+                            &[7],
+                            &ctx,
+                        );
+                    }
+                    let got = floats(&out[0], y0.len());
+                    // a lookup is exact but for Q4_1's q·d + m (which a GPU may fuse); elements
+                    // outside the rows written must be unchanged (mag 0, tolerance 0)
+                    check(&ctx, &got, &want, &mag, 1e-6, 0.0);
+                }
             }
         }
     }
@@ -692,7 +888,8 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             table.push(s);
         }
     }
-    let kv_len = cap * nkv * hd;
+    // room for two positions past cap: the kernel must stop at cap, not at the buffer's end
+    let kv_len = (cap + 2) * nkv * hd;
     let kc = ops.upload_f32(&vec![0f32; kv_len]).unwrap();
     let vc = ops.upload_f32(&vec![0f32; kv_len]).unwrap();
     let mut want_kc = vec![0f32; kv_len];
@@ -851,7 +1048,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
     let qkv = rng.vec(2 * qkv_stride);
     for (i, v) in [&mut want_kc, &mut want_vc].into_iter().enumerate() {
         let src = q_w + i * kv_w;
-        v[(cap - 1) * kv_w..].copy_from_slice(&qkv[src..src + kv_w]);
+        v[(cap - 1) * kv_w..cap * kv_w].copy_from_slice(&qkv[src..src + kv_w]);
     }
     let p = RopeKvParams {
         n: 2,
@@ -931,6 +1128,23 @@ fn rope_kv_and_attention_prefill_then_decode() {
                 window,
                 pad: 1,
                 steps: &[70, 60, 1, 1],
+            },
+        );
+    }
+    // an odd head_dim (its last value is not rotated, as on the CPU) and the largest one
+    // (MAX_HEAD_DIM: all four output slots of each thread)
+    for (hd, window) in [(5, 0), (5, 3), (MAX_HEAD_DIM, 0), (MAX_HEAD_DIM, 4)] {
+        attention_case(
+            ops,
+            &mut rng,
+            &AttnCase {
+                nh: 2,
+                nkv: 1,
+                hd,
+                rope: true,
+                window,
+                pad: 2,
+                steps: &[6, 1, 1],
             },
         );
     }
@@ -1059,7 +1273,9 @@ struct ArgmaxOut {
 }
 
 const SENTINEL: u32 = 0xdead_beef;
+/// history_len, and the history buffer's length (longer: writes must stop at history_len).
 const HISTORY: usize = 8;
+const HISTORY_BUF: usize = 12;
 
 fn run_argmax(ops: &Ops, p: &ArgmaxParams, logits: &[f32], pos: u32, ctx: &str) -> ArgmaxOut {
     let out = run(
@@ -1069,7 +1285,7 @@ fn run_argmax(ops: &Ops, p: &ArgmaxParams, logits: &[f32], pos: u32, ctx: &str) 
         &[
             Input::F32(logits),
             Input::U32(&[SENTINEL; 4]),
-            Input::U32(&[SENTINEL; HISTORY]),
+            Input::U32(&[SENTINEL; HISTORY_BUF]),
             Input::U32(&[pos, 0, 0, 0]),
         ],
         (1, 1, 1),
@@ -1082,16 +1298,21 @@ fn run_argmax(ops: &Ops, p: &ArgmaxParams, logits: &[f32], pos: u32, ctx: &str) 
     );
     ArgmaxOut {
         id: out[0][0],
-        history: out[1][..HISTORY].to_vec(),
+        history: out[1][..HISTORY_BUF].to_vec(),
         state: out[2][0],
     }
 }
 
-/// Checks the id and its bookkeeping: history[pos] (when pos < history_len) and state[0].
+/// Checks the id and its bookkeeping: history[pos] (when pos < history_len = HISTORY, and
+/// nothing else in the history) and state[0].
 fn check_argmax(ctx: &str, got: &ArgmaxOut, want: u32, pos: u32, advance: u32) {
     assert_eq!(got.id, want, "{ctx}: id");
     for (i, h) in got.history.iter().enumerate() {
-        let w = if i as u32 == pos { want } else { SENTINEL };
+        let w = if i as u32 == pos && i < HISTORY {
+            want
+        } else {
+            SENTINEL
+        };
         assert_eq!(*h, w, "{ctx}: history[{i}] (pos {pos})");
     }
     assert_eq!(got.state, pos + advance, "{ctx}: state[0]");
@@ -1122,7 +1343,7 @@ fn argmax_greedy_ties_and_bookkeeping() {
         row.copy_from_slice(&r);
         let want = first_argmax(&r);
         // positions inside and past the history, advance 1 and several
-        let pos = [3, HISTORY as u32, 0, 7][case as usize % 4];
+        let pos = [3, HISTORY as u32, 0, 7, HISTORY as u32 + 2][case as usize % 5];
         let advance = [1, 5][case as usize % 2];
         case += 1;
         let p = ArgmaxParams {
