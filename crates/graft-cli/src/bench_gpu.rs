@@ -244,3 +244,96 @@ pub fn run(
     }
     Ok(())
 }
+
+/// A GGUF of SmolLM2-135M's exact shape and formats (Q4_1 linear weights, a Q8_0 embedding tied
+/// as the head, f32 norms) with random weights: for benchmarking on a machine the 96 MB file
+/// cannot be copied to. Speed depends on shapes and formats, not on the values.
+pub fn synthetic_smollm2() -> Vec<u8> {
+    use graft_models::gguf::writer::{write, RawTensor};
+    use graft_models::gguf::Value;
+    let (vocab, h, inter, layers, heads, kv, hd) =
+        (49152u64, 576u64, 1536u64, 30, 9u64, 3u64, 64u64);
+    let mut seed = 0x2545f491u32;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
+    };
+    // (d, m) f16 = (2^-7, -2^-4) for Q4_1; d = 2^-9 for Q8_0
+    let q4_1 = |rows: u64, cols: u64, bytes: &mut dyn FnMut(usize) -> Vec<u8>| -> Vec<u8> {
+        let blocks = (rows * cols / 32) as usize;
+        let nib = bytes(blocks * 16);
+        let mut out = Vec::with_capacity(blocks * 20);
+        for b in 0..blocks {
+            out.extend_from_slice(&0x2000u16.to_le_bytes());
+            out.extend_from_slice(&0xac00u16.to_le_bytes());
+            out.extend_from_slice(&nib[b * 16..(b + 1) * 16]);
+        }
+        out
+    };
+    let mut tensors = Vec::new();
+    let emb_blocks = (vocab * h / 32) as usize;
+    let q = bytes(emb_blocks * 32);
+    let mut emb = Vec::with_capacity(emb_blocks * 34);
+    for b in 0..emb_blocks {
+        emb.extend_from_slice(&0x1800u16.to_le_bytes());
+        emb.extend_from_slice(&q[b * 32..(b + 1) * 32]);
+    }
+    tensors.push(RawTensor {
+        name: "token_embd.weight".into(),
+        dims: vec![h, vocab],
+        ggml_type: 8,
+        data: emb,
+    });
+    let ones = |n: u64| -> Vec<u8> { (0..n).flat_map(|_| 1f32.to_le_bytes()).collect() };
+    tensors.push(RawTensor {
+        name: "output_norm.weight".into(),
+        dims: vec![h],
+        ggml_type: 0,
+        data: ones(h),
+    });
+    for l in 0..layers {
+        for (name, rows, cols) in [
+            ("attn_q", heads * hd, h),
+            ("attn_k", kv * hd, h),
+            ("attn_v", kv * hd, h),
+            ("attn_output", h, heads * hd),
+            ("ffn_gate", inter, h),
+            ("ffn_up", inter, h),
+            ("ffn_down", h, inter),
+        ] {
+            tensors.push(RawTensor {
+                name: format!("blk.{l}.{name}.weight"),
+                dims: vec![cols, rows],
+                ggml_type: 3,
+                data: q4_1(rows, cols, &mut bytes),
+            });
+        }
+        for name in ["attn_norm", "ffn_norm"] {
+            tensors.push(RawTensor {
+                name: format!("blk.{l}.{name}.weight"),
+                dims: vec![h],
+                ggml_type: 0,
+                data: ones(h),
+            });
+        }
+    }
+    let meta = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.vocab_size", Value::U32(vocab as u32)),
+        ("llama.embedding_length", Value::U32(h as u32)),
+        ("llama.feed_forward_length", Value::U32(inter as u32)),
+        ("llama.block_count", Value::U32(layers)),
+        ("llama.attention.head_count", Value::U32(heads as u32)),
+        ("llama.attention.head_count_kv", Value::U32(kv as u32)),
+        ("llama.context_length", Value::U32(8192)),
+        ("llama.rope.freq_base", Value::F32(100000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+    ];
+    write(&meta, &tensors)
+}

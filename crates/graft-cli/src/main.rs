@@ -99,6 +99,11 @@ enum Command {
         /// of the benchmark, from the same model).
         #[arg(long)]
         f16_weights: bool,
+        /// Benchmark a model of SmolLM2-135M's exact shape and formats (Q4_1, Q8_0 tied
+        /// embedding) with random weights, made in memory: for a machine the model file
+        /// cannot reach. Ignores --model.
+        #[arg(long)]
+        synthetic: bool,
     },
     /// The load report of an adapter: method, targeted modules, ranks and scales, tensors used.
     Inspect {
@@ -447,8 +452,19 @@ fn bench(
     runs: usize,
     json: Option<&Path>,
     f16_weights: bool,
+    synthetic: bool,
 ) -> CliResult<()> {
-    let (mut model, path) = open(args)?;
+    let (mut model, path) = if synthetic {
+        let p = std::env::temp_dir().join(format!("graft-synthetic-{}.gguf", std::process::id()));
+        std::fs::write(&p, bench_gpu::synthetic_smollm2())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let m = Model::open_base(&p);
+        let _ = std::fs::remove_file(&p);
+        eprintln!("graft: benchmarking a synthetic SmolLM2-135M (Q4_1, random weights)");
+        (m?, p)
+    } else {
+        open(args)?
+    };
     if args.device == "gpu" {
         return bench_gpu::run(
             &mut model,
@@ -511,7 +527,10 @@ fn bench(
         println!("| base | {p_on:.1} | {d_on:.1} |");
     }
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    println!(
+    if file_bytes == 0 {
+        println!("peak RSS {:.1} MiB", mb(peak));
+    } else {
+        println!(
         "peak RSS {:.1} MiB; model file(s) {:.1} MiB + KV cache {:.1} MiB = {:.1} MiB; ratio {:.2}",
         mb(peak),
         mb(file_bytes),
@@ -519,6 +538,7 @@ fn bench(
         mb(file_bytes + kv),
         peak as f64 / (file_bytes + kv).max(1) as f64
     );
+    }
     if let Some(j) = json {
         let v = serde_json::json!({
             "engine": "graft", "threads": threads, "prompt_tokens": prompt_tokens, "decode_tokens": decode,
@@ -610,6 +630,7 @@ fn main() -> ExitCode {
             runs,
             json,
             f16_weights,
+            synthetic,
         } => bench(
             model,
             *prompt_tokens,
@@ -617,6 +638,7 @@ fn main() -> ExitCode {
             *runs,
             json.as_deref(),
             *f16_weights,
+            *synthetic,
         ),
         Command::Inspect {
             adapter,
