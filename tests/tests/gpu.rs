@@ -178,7 +178,8 @@ fn real_model_greedy_tokens_equal_the_cpu() {
             m.load_adapter(&adapter, LoadAdapterOptions::default())
                 .unwrap();
         }
-        for (i, p) in g["prompts"].as_array().unwrap().iter().enumerate() {
+        // two prompts, 12 tokens: lavapipe (CI) runs this model at about one token per second
+        for (i, p) in g["prompts"].as_array().unwrap().iter().take(2).enumerate() {
             let prompt = ids(&p["prompt_ids"]);
             if i == 0 {
                 let cpu = m.forward_last(&prompt, &mut Default::default()).unwrap();
@@ -186,9 +187,9 @@ fn real_model_greedy_tokens_equal_the_cpu() {
                 let got = gm.forward(&m, &prompt, true).unwrap();
                 assert_close(&format!("prefill adapter={with}"), &got, &cpu, TOL);
             }
-            let cpu = m.generate(&prompt, 24, &[], |_| {}).unwrap();
+            let cpu = m.generate(&prompt, 12, &[], |_| {}).unwrap();
             let got = gm
-                .generate(&m, &prompt, 24, &[], &Default::default(), |_| {})
+                .generate(&m, &prompt, 12, &[], &Default::default(), |_| {})
                 .unwrap();
             assert_eq!(got, cpu, "prompt {i}, adapter={with}");
         }
