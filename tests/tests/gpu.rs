@@ -278,3 +278,22 @@ fn bad_input_is_an_error() {
     g.reset();
     assert_eq!(g.forward(&m, &[1, 2, 3], false).unwrap().dims(), &[3, 128]);
 }
+
+/// A lost device (here: destroyed under the model) is an error on the next call, not a panic
+/// or a hang.
+#[test]
+fn a_lost_device_is_an_error() {
+    if test_gpu().is_none() {
+        return;
+    }
+    // a device of its own: destroying the shared one would break the other tests
+    let gpu = graft_gpu::Gpu::new_blocking(&Default::default()).unwrap();
+    let m = Model::open_base(&fixtures().join("models/llama")).unwrap();
+    let mut g = GpuModel::new(&gpu, &m, &GpuModelOptions::default()).unwrap();
+    assert_eq!(g.forward(&m, &[1, 2], false).unwrap().dims(), &[2, 128]);
+    gpu.device.destroy();
+    g.reset();
+    let r = g.forward(&m, &[1, 2], false);
+    assert!(r.is_err(), "forward on a destroyed device returned {r:?}");
+    eprintln!("lost device: {}", r.unwrap_err());
+}

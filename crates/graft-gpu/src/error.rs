@@ -21,7 +21,7 @@ pub enum Error {
     DeviceLost(String),
     #[error("GPU validation error (a bug in graft; please report it): {0}")]
     Validation(String),
-    #[error("reading back from the GPU failed: {0}")]
+    #[error("reading back from the GPU failed (the device may have been lost or reset): {0}")]
     Readback(String),
     #[error("not supported on the GPU path yet: {0} (use --device cpu)")]
     Unsupported(String),
