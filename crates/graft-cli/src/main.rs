@@ -593,6 +593,12 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
 }
 
 fn main() -> ExitCode {
+    // Mesa's device-select Vulkan layer tries to reach a Wayland display to rank GPUs and prints
+    // an "error" where there is none (servers, CI); wgpu ranks adapters itself. Set before any
+    // thread starts.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Logits { model, tokens, out } => logits(model, tokens, out),
