@@ -33,7 +33,6 @@ fn measure(
         best_p = best_p.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
         let mut first = None;
         let s0 = gm.stats;
-        let t1 = Instant::now();
         let out = gm.generate(model, prompt, decode + 1, &[], &Sampling::default(), |_| {
             first.get_or_insert_with(Instant::now);
         })?;
@@ -45,7 +44,6 @@ fn measure(
         // the prompt's submits are not decode's
         let prompt_submits = prompt.len().div_ceil(512) as u64;
         submits = (s1.submits - s0.submits).saturating_sub(prompt_submits) as f64 / n.max(1) as f64;
-        let _ = t1;
     }
     let dispatches = gm.dispatches_per_token(model)?;
     Ok((best_p, best_d, dispatches, submits))
