@@ -1,18 +1,34 @@
 // Causal attention with a KV cache and grouped-query heads, for prefill (n queries) and decode
-// (n = 1). One workgroup per (head, query); the keys are walked in tiles of TILE positions with
-// an online softmax (running max and sum), so the whole history never sits in workgroup memory.
-// Query t sits at position state[0] + t and sees positions start ..= itself, where start is 0
-// or, with a sliding window, position + 1 − window.
+// (n = 1), with the rotary embedding and the cache write folded in (one dispatch per layer
+// instead of two). One workgroup per (head, query). Query t sits at position state[0] + t.
+//
+// - The query is rotated (Hugging Face's rotate-half layout; with an odd head_dim the last
+//   value is left as is, as on the CPU) into workgroup memory.
+// - Keys and values of positions before state[0] come from the cache; those of this call's
+//   tokens come straight from the q/k/v rows, their keys rotated here. No workgroup reads a
+//   cache position this dispatch writes.
+// - The first query head of each KV group writes its token's rotated key and value into the
+//   cache at position state[0] + t (below `cap`), for later calls.
+// - Keys are walked in tiles of TILE positions with an online softmax (running max and sum), so
+//   the history never has to fit in workgroup memory. A query sees positions start ..= itself,
+//   where start is 0 or, with a sliding window, position + 1 − window.
+// The cos/sin table is computed on the host exactly as the CPU path computes it.
+
+const R_ROPE: u32 = 1u;
 
 struct Params {
     n: u32,
     nh: u32,
     nkv: u32,
     hd: u32,
-    q_stride: u32,
+    qkv_stride: u32,
     q_off: u32,
+    k_off: u32,
+    v_off: u32,
     out_stride: u32,
     window: u32,
+    flags: u32,
+    cap: u32,
     scale: f32,
     _pad0: u32,
     _pad1: u32,
@@ -21,10 +37,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> state: array<u32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kc: array<f32>;
-@group(0) @binding(4) var<storage, read> vc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> rope: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(5) var<storage, read_write> vc: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const TILE: u32 = 64u;
 // head_dim ≤ MAX_HD (checked on the host)
@@ -34,21 +51,47 @@ const NEG: f32 = -3.0e38;
 var<workgroup> qs: array<f32, MAX_HD>;
 var<workgroup> sc: array<f32, TILE>;
 
+// Value d of the head starting at qkv[b], rotated for position `pos`.
+fn rotated(b: u32, d: u32, pos: u32) -> f32 {
+    let half = P.hd / 2u;
+    let x = qkv[b + d];
+    if ((P.flags & R_ROPE) == 0u || d >= 2u * half) {
+        return x;
+    }
+    let j = d % half;
+    let cs = rope[pos * half + j];
+    if (d < half) {
+        return x * cs.x - qkv[b + d + half] * cs.y;
+    }
+    return x * cs.x + qkv[b + d - half] * cs.y;
+}
+
 @compute @workgroup_size(TILE)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.x;
     let t = wid.y;
     let hd = P.hd;
-    let kvh = h / (P.nh / P.nkv);
+    let rep = P.nh / P.nkv;
+    let kvh = h / rep;
     let kv_stride = P.nkv * hd;
-    let qpos = state[0] + t;
+    let p0 = state[0];
+    let qpos = p0 + t;
     var start = 0u;
     if (P.window > 0u && qpos + 1u > P.window) {
         start = qpos + 1u - P.window;
     }
-    let qb = t * P.q_stride + P.q_off + h * hd;
+    let qb = t * P.qkv_stride + P.q_off + h * hd;
     for (var d = li; d < hd; d += TILE) {
-        qs[d] = q[qb + d];
+        qs[d] = rotated(qb, d, qpos);
+    }
+    if (h % rep == 0u && qpos < P.cap) {
+        let kb = t * P.qkv_stride + P.k_off + kvh * hd;
+        let vb = t * P.qkv_stride + P.v_off + kvh * hd;
+        let cb = qpos * kv_stride + kvh * hd;
+        for (var d = li; d < hd; d += TILE) {
+            kc[cb + d] = rotated(kb, d, qpos);
+            vc[cb + d] = qkv[vb + d];
+        }
     }
     workgroupBarrier();
     var m = NEG;
@@ -58,10 +101,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let j = tile + li;
         var s = NEG;
         if (j <= qpos) {
-            let kb = j * kv_stride + kvh * hd;
             var acc = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                acc += qs[d] * kc[kb + d];
+            if (j < p0) {
+                let kb = j * kv_stride + kvh * hd;
+                for (var d = 0u; d < hd; d++) {
+                    acc += qs[d] * kc[kb + d];
+                }
+            } else {
+                let kb = (j - p0) * P.qkv_stride + P.k_off + kvh * hd;
+                for (var d = 0u; d < hd; d++) {
+                    acc += qs[d] * rotated(kb, d, j);
+                }
             }
             s = acc * P.scale;
         }
@@ -80,11 +130,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         for (var k = 0u; k < count; k++) {
             let p = exp(sc[k] - tm);
             l += p;
-            let vb = (tile + k) * kv_stride + kvh * hd;
+            let jj = tile + k;
             for (var u = 0u; u < 4u; u++) {
                 let d = li + u * TILE;
                 if (d < hd) {
-                    o[u] += p * vc[vb + d];
+                    var v: f32;
+                    if (jj < p0) {
+                        v = vc[jj * kv_stride + kvh * hd + d];
+                    } else {
+                        v = qkv[(jj - p0) * P.qkv_stride + P.v_off + kvh * hd + d];
+                    }
+                    o[u] += p * v;
                 }
             }
         }

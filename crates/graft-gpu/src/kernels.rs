@@ -14,7 +14,6 @@ const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const LINEAR: &str = include_str!("../../../shaders/linear.wgsl");
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
-const ROPE_KV: &str = include_str!("../../../shaders/rope_kv.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const ACT: &str = include_str!("../../../shaders/act.wgsl");
 const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
@@ -69,7 +68,6 @@ pub enum Kernel {
     Linear { fmt: Fmt, tn: u32 },
     Embed(Fmt),
     Norm,
-    RopeKv,
     Attention,
     Act,
     Argmax,
@@ -93,7 +91,6 @@ impl Kernel {
         }
         v.extend([
             Kernel::Norm,
-            Kernel::RopeKv,
             Kernel::Attention,
             Kernel::Act,
             Kernel::Argmax,
@@ -111,7 +108,6 @@ impl Kernel {
             ),
             Kernel::Embed(fmt) => format!("{COMMON}\n{EMBED}\n{}", fmt.decoder()),
             Kernel::Norm => NORM.to_string(),
-            Kernel::RopeKv => ROPE_KV.to_string(),
             Kernel::Attention => ATTENTION.to_string(),
             Kernel::Act => format!("{COMMON}\n{ACT}"),
             Kernel::Argmax => ARGMAX.to_string(),
@@ -126,8 +122,7 @@ impl Kernel {
             Kernel::Linear { .. } => &[U, R, R, R, R, R, R, W],
             Kernel::Embed(_) => &[U, R, R, R, R, R, R, W],
             Kernel::Norm => &[U, R, R, W],
-            Kernel::RopeKv => &[U, R, R, W, W, W],
-            Kernel::Attention => &[U, R, R, R, R, W],
+            Kernel::Attention => &[U, R, R, R, W, W, W],
             Kernel::Act => &[U, R, W],
             Kernel::Argmax => &[U, R, W, W, W],
             Kernel::Copy => &[U, R, W],
@@ -140,7 +135,6 @@ impl Kernel {
             Kernel::Linear { .. } => "LinearParams",
             Kernel::Embed(_) => "EmbedParams",
             Kernel::Norm => "NormParams",
-            Kernel::RopeKv => "RopeKvParams",
             Kernel::Attention => "AttentionParams",
             Kernel::Act => "ActParams",
             Kernel::Argmax => "ArgmaxParams",
@@ -384,23 +378,6 @@ pub struct NormParams {
 
 pub const R_ROPE: u32 = 1;
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
-pub struct RopeKvParams {
-    pub n: u32,
-    pub nh: u32,
-    pub nkv: u32,
-    pub hd: u32,
-    pub qkv_stride: u32,
-    pub q_off: u32,
-    pub k_off: u32,
-    pub v_off: u32,
-    pub flags: u32,
-    pub cap: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
-}
-
 /// head_dim the attention kernel takes at most.
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -411,10 +388,14 @@ pub struct AttentionParams {
     pub nh: u32,
     pub nkv: u32,
     pub hd: u32,
-    pub q_stride: u32,
+    pub qkv_stride: u32,
     pub q_off: u32,
+    pub k_off: u32,
+    pub v_off: u32,
     pub out_stride: u32,
     pub window: u32,
+    pub flags: u32,
+    pub cap: u32,
     pub scale: f32,
     pub _pad0: u32,
     pub _pad1: u32,
@@ -480,11 +461,8 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
         "NormParams" => {
             lay!(NormParams; n, dim, x_stride, y_stride, flags, w_off, b_off, eps, x_row0, _pad0, _pad1, _pad2)
         }
-        "RopeKvParams" => {
-            lay!(RopeKvParams; n, nh, nkv, hd, qkv_stride, q_off, k_off, v_off, flags, cap, _pad0, _pad1)
-        }
         "AttentionParams" => {
-            lay!(AttentionParams; n, nh, nkv, hd, q_stride, q_off, out_stride, window, scale, _pad0, _pad1, _pad2)
+            lay!(AttentionParams; n, nh, nkv, hd, qkv_stride, q_off, k_off, v_off, out_stride, window, flags, cap, scale, _pad0, _pad1, _pad2)
         }
         "ActParams" => lay!(ActParams; n, width, in_stride, out_stride, kind, a_off, b_off, _pad0),
         "ArgmaxParams" => {

@@ -86,9 +86,6 @@ enum Op {
         tail: bool,
         xform: Xform,
     },
-    RopeKv {
-        layer: usize,
-    },
     Attention {
         layer: usize,
     },
@@ -304,13 +301,12 @@ impl GpuModel {
                     accum: false,
                     positions: false,
                 });
-                // per layer: qkv (norm fused), rope + KV write, attention, o (+ residual),
+                // per layer: qkv (norm fused), attention (RoPE and KV write fused), o (+ residual),
                 // gate/up (norm fused), down (SiLU·mul fused, + residual)
                 for (li, l) in m.layers.iter().enumerate() {
                     let qkv = b.group(&[l.q, l.k, l.v], None)?;
                     let xf = b.fused_norm(l.input_norm);
                     b.linear(qkv, B::X, B::Qkv, false, false, xf);
-                    b.prog.push(Op::RopeKv { layer: li });
                     b.prog.push(Op::Attention { layer: li });
                     let o = b.group(&[l.o], None)?;
                     b.linear(o, B::Att, B::X, true, false, Xform::None);
@@ -385,7 +381,6 @@ impl GpuModel {
                     };
                     let qkv = b.group(&[l.q, l.k, l.v], None)?;
                     b.linear(qkv, x, B::Qkv, false, false, xf);
-                    b.prog.push(Op::RopeKv { layer: li });
                     b.prog.push(Op::Attention { layer: li });
                     let o = b.group(&[l.out], None)?;
                     b.linear(o, B::Att, x, true, false, Xform::None);
@@ -1211,8 +1206,9 @@ impl GpuModel {
                         wg: (w.desc.rows.div_ceil(RPW), u(ne).div_ceil(tn), 1),
                     });
                 }
-                Op::RopeKv { layer } => {
-                    let p = RopeKvParams {
+                Op::Attention { layer } => {
+                    // RoPE and the KV-cache write happen inside (shaders/attention.wgsl)
+                    let p = AttentionParams {
                         n: u(n),
                         nh: u(d.nh),
                         nkv: u(d.nkv),
@@ -1221,37 +1217,10 @@ impl GpuModel {
                         q_off: 0,
                         k_off: u(d.nh * d.hd),
                         v_off: u((d.nh + d.nkv) * d.hd),
-                        flags: if d.rope { R_ROPE } else { 0 },
-                        cap: u(self.cap),
-                        ..Default::default()
-                    };
-                    let uoff = put(bytemuck::bytes_of(&p));
-                    let (kc, vc) = &self.kv[*layer];
-                    step!(Pending {
-                        kernel: Kernel::RopeKv,
-                        consts: vec![("WG", 64)],
-                        uoff,
-                        usize_: std::mem::size_of::<RopeKvParams>() as u64,
-                        bufs: vec![
-                            self.state.clone(),
-                            self.rope.clone(),
-                            self.act(B::Qkv).clone(),
-                            kc.clone(),
-                            vc.clone(),
-                        ],
-                        wg: (u(d.nh + d.nkv), u(n), 1),
-                    });
-                }
-                Op::Attention { layer } => {
-                    let p = AttentionParams {
-                        n: u(n),
-                        nh: u(d.nh),
-                        nkv: u(d.nkv),
-                        hd: u(d.hd),
-                        q_stride: u((d.nh + 2 * d.nkv) * d.hd),
-                        q_off: 0,
                         out_stride: u(d.nh * d.hd),
                         window: d.window,
+                        flags: if d.rope { R_ROPE } else { 0 },
+                        cap: u(self.cap),
                         scale: 1.0 / (d.hd as f32).sqrt(),
                         ..Default::default()
                     };
@@ -1264,6 +1233,7 @@ impl GpuModel {
                         usize_: std::mem::size_of::<AttentionParams>() as u64,
                         bufs: vec![
                             self.state.clone(),
+                            self.rope.clone(),
                             self.act(B::Qkv).clone(),
                             kc.clone(),
                             vc.clone(),

@@ -13,10 +13,10 @@ use std::sync::OnceLock;
 use bytemuck::bytes_of;
 use graft_gpu::kernels::{
     ActParams, ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams,
-    NormParams, RopeKvParams, Seg, A_GELU, A_RELU, A_SILU_MUL, E_ACCUM, E_LORA, E_POSITIONS,
-    F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE, F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS,
-    N_BIAS, N_RMS, R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU,
-    X_RMS, X_SILU_MUL,
+    NormParams, Seg, A_GELU, A_RELU, A_SILU_MUL, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS,
+    F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE, F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS,
+    R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS,
+    X_SILU_MUL,
 };
 use graft_gpu::ops::{Input, Ops};
 use graft_gpu::weights::Packed;
@@ -62,7 +62,7 @@ fn ops(gpu: &Gpu) -> &'static Ops {
 fn consts(kernel: Kernel) -> &'static [(&'static str, u32)] {
     match kernel {
         Kernel::Linear { .. } => &[("WG", 256), ("RPW", RPW)],
-        Kernel::Embed(_) | Kernel::RopeKv => &[("WG", 64)],
+        Kernel::Embed(_) => &[("WG", 64)],
         Kernel::Act | Kernel::Copy => &[("WG", 256)],
         Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
     }
@@ -902,7 +902,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
     let mut len = 0usize;
     for (step, &m) in c.steps.iter().enumerate() {
         let ctx = format!(
-            "rope_kv+attention nh={nh} nkv={nkv} hd={hd} rope={} window={} pad={} step {step}: {m} tokens at {len}",
+            "attention nh={nh} nkv={nkv} hd={hd} rope={} window={} pad={} step {step}: {m} tokens at {len}",
             c.rope, c.window, c.pad
         );
         let qkv = rng.vec(m * qkv_stride);
@@ -928,13 +928,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         layer.append(len, m, &k, &v);
         let window = (c.window > 0).then_some(c.window);
         let want_out = layer.attend(&q, m, nh, len + m, scale, window);
-        // the CPU's qkv after rotation: q rotated in place, k and v untouched
-        let mut want_qkv = qkv.clone();
-        for t in 0..m {
-            want_qkv[t * qkv_stride..][..q_w].copy_from_slice(&q[t * q_w..(t + 1) * q_w]);
-        }
-
-        let p = RopeKvParams {
+        let p = AttentionParams {
             n: m as u32,
             nh: nh as u32,
             nkv: nkv as u32,
@@ -943,61 +937,10 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             q_off: 0,
             k_off: q_w as u32,
             v_off: (q_w + kv_w) as u32,
-            flags: if c.rope { R_ROPE } else { 0 },
-            cap: cap as u32,
-            ..Default::default()
-        };
-        let got = run(
-            ops,
-            Kernel::RopeKv,
-            bytes_of(&p),
-            &[
-                Input::U32(&state),
-                Input::F32(&table),
-                Input::Buffer(&qkv_buf),
-                Input::Buffer(&kc),
-                Input::Buffer(&vc),
-            ],
-            ((nh + nkv) as u32, m as u32, 1),
-            &[3, 4, 5],
-            &format!("{ctx}: rope_kv"),
-        );
-        let to64 = |v: &[f32]| v.iter().map(|x| *x as f64).collect::<Vec<_>>();
-        let ones = |n: usize| vec![1f64; n];
-        check(
-            &format!("{ctx}: rope_kv qkv"),
-            &floats(&got[0], qkv.len()),
-            &to64(&want_qkv),
-            &ones(qkv.len()),
-            1e-6,
-            0.0,
-        );
-        check(
-            &format!("{ctx}: rope_kv k cache"),
-            &floats(&got[1], kv_len),
-            &to64(&want_kc),
-            &ones(kv_len),
-            1e-6,
-            0.0,
-        );
-        check(
-            &format!("{ctx}: rope_kv v cache"),
-            &floats(&got[2], kv_len),
-            &to64(&want_vc),
-            &vec![0f64; kv_len],
-            0.0,
-            0.0,
-        );
-
-        let p = AttentionParams {
-            n: m as u32,
-            nh: nh as u32,
-            nkv: nkv as u32,
-            hd: hd as u32,
-            q_stride: qkv_stride as u32,
-            q_off: 0,
             out_stride: out_stride as u32,
             window: c.window as u32,
+            flags: if c.rope { R_ROPE } else { 0 },
+            cap: cap as u32,
             scale,
             ..Default::default()
         };
@@ -1008,15 +951,35 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             bytes_of(&p),
             &[
                 Input::U32(&state),
+                Input::F32(&table),
                 Input::Buffer(&qkv_buf),
                 Input::Buffer(&kc),
                 Input::Buffer(&vc),
                 Input::F32(&out0),
             ],
             (nh as u32, m as u32, 1),
-            &[5],
+            &[4, 5, 6],
             &format!("{ctx}: attention"),
         );
+        let to64 = |v: &[f32]| v.iter().map(|x| *x as f64).collect::<Vec<_>>();
+        let ones = |n: usize| vec![1f64; n];
+        check(
+            &format!("{ctx}: k cache"),
+            &floats(&got[0], kv_len),
+            &to64(&want_kc),
+            &ones(kv_len),
+            1e-6,
+            0.0,
+        );
+        check(
+            &format!("{ctx}: v cache"),
+            &floats(&got[1], kv_len),
+            &to64(&want_vc),
+            &vec![0f64; kv_len],
+            0.0,
+            0.0,
+        );
+        let got = &got[2..];
         let got = floats(&got[0], out0.len());
         let mut g = Vec::with_capacity(m * q_w);
         for t in 0..m {
@@ -1042,7 +1005,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
     // Past the cache's end nothing is written: two tokens at cap - 1 and cap (rotation off, as
     // the table has no row for cap), of which only the first reaches the cache.
     let ctx = format!(
-        "rope_kv nh={nh} nkv={nkv} hd={hd}: 2 tokens at cap - 1 = {}",
+        "attention nh={nh} nkv={nkv} hd={hd}: 2 tokens at cap - 1 = {}",
         cap - 1
     );
     let qkv = rng.vec(2 * qkv_stride);
@@ -1050,7 +1013,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         let src = q_w + i * kv_w;
         v[(cap - 1) * kv_w..cap * kv_w].copy_from_slice(&qkv[src..src + kv_w]);
     }
-    let p = RopeKvParams {
+    let p = AttentionParams {
         n: 2,
         nh: nh as u32,
         nkv: nkv as u32,
@@ -1059,13 +1022,15 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         q_off: 0,
         k_off: q_w as u32,
         v_off: (q_w + kv_w) as u32,
+        out_stride: out_stride as u32,
         flags: 0,
         cap: cap as u32,
+        scale,
         ..Default::default()
     };
     let got = run(
         ops,
-        Kernel::RopeKv,
+        Kernel::Attention,
         bytes_of(&p),
         &[
             Input::U32(&[cap as u32 - 1]),
@@ -1073,21 +1038,18 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             Input::F32(&qkv),
             Input::Buffer(&kc),
             Input::Buffer(&vc),
+            Input::F32(&vec![0f32; 2 * out_stride]),
         ],
-        ((nh + nkv) as u32, 2, 1),
-        &[3, 4, 5],
+        (nh as u32, 2, 1),
+        &[4, 5],
         &ctx,
     );
-    assert!(
-        floats(&got[0], qkv.len()) == qkv,
-        "{ctx}: qkv changed without R_ROPE"
-    );
-    assert!(floats(&got[1], kv_len) == want_kc, "{ctx}: k cache");
-    assert!(floats(&got[2], kv_len) == want_vc, "{ctx}: v cache");
+    assert!(floats(&got[0], kv_len) == want_kc, "{ctx}: k cache");
+    assert!(floats(&got[1], kv_len) == want_vc, "{ctx}: v cache");
 }
 
 #[test]
-fn rope_kv_and_attention_prefill_then_decode() {
+fn attention_with_rope_and_cache_write_prefill_then_decode() {
     let Some(gpu) = gpu() else { return };
     let ops = ops(&gpu);
     let mut rng = Rng::new(5);
