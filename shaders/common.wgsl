@@ -1,5 +1,5 @@
-// Shared by the kernels (prepended to each): for those that read a weight matrix, the matrix's shape and strides, and the
-// eight values a format decoder returns. A decoder (formats/*.wgsl) is appended to each kernel
+// Prepended to the kernels that read a weight matrix (linear, embed): the matrix's shape and
+// strides, and the eight values a format decoder returns. A decoder (formats/*.wgsl) is appended to each kernel
 // and defines `w8(row, c8)` (columns 8·c8 .. 8·c8+8) and `w1(row, col)` over the kernel's
 // `wq` (packed values) and `ws` (scales) bindings.
 struct WeightDesc {

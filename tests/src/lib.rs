@@ -110,3 +110,51 @@ pub fn real_model() -> Option<PathBuf> {
     );
     None
 }
+
+/// A conformance case's token ids (its case.json `tokens`).
+pub fn case_tokens(case: &serde_json::Value) -> Vec<u32> {
+    case["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("token id") as u32)
+        .collect()
+}
+
+/// A fixture case: its case.json, and its base with the case's adapters loaded in order.
+pub fn load_case(dir: &std::path::Path) -> (serde_json::Value, graft_models::Model) {
+    let case: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("case.json")).expect("case.json"))
+            .expect("case.json is JSON");
+    let base = fixtures()
+        .join("models")
+        .join(case["model"].as_str().expect("model"));
+    let mut model = graft_models::Model::open_base(&base).expect("base model");
+    for a in case["adapters"].as_array().expect("adapters") {
+        let opts = graft_models::LoadAdapterOptions {
+            adapter_name: Some(a["name"].as_str().expect("name").to_string()),
+            ..Default::default()
+        };
+        model
+            .load_adapter(&dir.join(a["path"].as_str().expect("path")), opts)
+            .unwrap_or_else(|e| panic!("{}: loading {}: {e}", dir.display(), a["name"]));
+    }
+    (case, model)
+}
+
+/// Puts the model in the state one run of a case describes: adapters disabled, or enabled
+/// with the run's active set.
+pub fn apply_run(model: &mut graft_models::Model, run: &serde_json::Value) {
+    if run["disabled"].as_bool().expect("disabled") {
+        model.disable_adapters().expect("disable");
+    } else {
+        model.enable_adapters().expect("enable");
+        let active: Vec<&str> = run["active"]
+            .as_array()
+            .expect("active")
+            .iter()
+            .map(|v| v.as_str().expect("name"))
+            .collect();
+        model.set_adapter(&active).expect("set_adapter");
+    }
+}

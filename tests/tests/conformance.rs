@@ -4,60 +4,20 @@
 use std::path::Path;
 
 use graft_core::tensors::load_safetensors;
-use graft_models::{LoadAdapterOptions, Model};
-use graft_tests::{assert_close, fixtures};
+use graft_models::Model;
+use graft_tests::{apply_run, assert_close, case_tokens, fixtures, load_case};
 use serde_json::Value;
 
 const TOL: f32 = 1e-4;
-
-fn tokens(case: &Value) -> Vec<u32> {
-    case["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// A fixture case: its case.json, and its base with the case's adapters loaded in order.
-fn load_case(dir: &std::path::Path) -> (Value, Model) {
-    let case: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-    let base = fixtures()
-        .join("models")
-        .join(case["model"].as_str().unwrap());
-    let mut model = Model::open_base(&base).unwrap();
-    for a in case["adapters"].as_array().unwrap() {
-        let opts = LoadAdapterOptions {
-            adapter_name: Some(a["name"].as_str().unwrap().to_string()),
-            ..Default::default()
-        };
-        model
-            .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
-            .unwrap_or_else(|e| panic!("{}: loading {}: {e}", dir.display(), a["name"]));
-    }
-    (case, model)
-}
 
 fn run_case(name: &str) {
     let dir = fixtures().join("cases").join(name);
     let (case, mut model) = load_case(&dir);
     let refs = load_safetensors(&dir.join("logits.safetensors")).unwrap();
-    let toks = tokens(&case);
+    let toks = case_tokens(&case);
     for run in case["runs"].as_array().unwrap() {
         let run_name = run["name"].as_str().unwrap();
-        if run["disabled"].as_bool().unwrap() {
-            model.disable_adapters().unwrap();
-        } else {
-            model.enable_adapters().unwrap();
-            let active: Vec<&str> = run["active"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect();
-            model.set_adapter(&active).unwrap();
-        }
+        apply_run(&mut model, run);
         let got = model.logits(&toks).unwrap();
         assert_close(
             &format!("{name}/{run_name}"),
@@ -74,7 +34,7 @@ fn base_logits(model: &str) {
     let case: Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap())
             .unwrap();
-    let got = m.logits(&tokens(&case)).unwrap();
+    let got = m.logits(&case_tokens(&case)).unwrap();
     let r = load_safetensors(Path::new(&dir.join("base_logits.safetensors"))).unwrap();
     assert_close(&format!("base {model}"), &got, &r["logits"].tensor, TOL);
 }

@@ -4,38 +4,10 @@
 
 use graft_gpu::{GpuModel, GpuModelOptions};
 use graft_models::{LoadAdapterOptions, Model};
-use graft_tests::{assert_close, fixtures, test_gpu};
+use graft_tests::{apply_run, assert_close, case_tokens, fixtures, load_case, test_gpu};
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-
-fn tokens(case: &Value) -> Vec<u32> {
-    case["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn load_case(dir: &std::path::Path) -> (Value, Model) {
-    let case: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-    let base = fixtures()
-        .join("models")
-        .join(case["model"].as_str().unwrap());
-    let mut model = Model::open_base(&base).unwrap();
-    for a in case["adapters"].as_array().unwrap() {
-        let opts = LoadAdapterOptions {
-            adapter_name: Some(a["name"].as_str().unwrap().to_string()),
-            ..Default::default()
-        };
-        model
-            .load_adapter(&dir.join(a["path"].as_str().unwrap()), opts)
-            .unwrap();
-    }
-    (case, model)
-}
 
 #[test]
 fn every_conformance_case_matches_the_cpu() {
@@ -94,22 +66,11 @@ fn conformance_on(gpu: &graft_gpu::Gpu, opts: &GpuModelOptions) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let (case, mut model) = load_case(&dir);
         let mut g = GpuModel::new(&gpu, &model, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let toks = tokens(&case);
+        let toks = case_tokens(&case);
         let compiled_after_first = std::cell::Cell::new(None);
         for run in case["runs"].as_array().unwrap() {
             let run_name = run["name"].as_str().unwrap();
-            if run["disabled"].as_bool().unwrap() {
-                model.disable_adapters().unwrap();
-            } else {
-                model.enable_adapters().unwrap();
-                let active: Vec<&str> = run["active"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap())
-                    .collect();
-                model.set_adapter(&active).unwrap();
-            }
+            apply_run(&mut model, run);
             let cpu = model.logits(&toks).unwrap();
             g.reset();
             let got = g
@@ -204,7 +165,7 @@ fn generation_stops_like_the_cpu() {
     let Some(gpu) = test_gpu() else { return };
     let dir = fixtures().join("cases/lora_qv");
     let (case, model) = load_case(&dir);
-    let prompt = tokens(&case);
+    let prompt = case_tokens(&case);
     let mut g = GpuModel::new(&gpu, &model, &GpuModelOptions::default()).unwrap();
     let greedy = Default::default();
     let full = model.generate(&prompt, 8, &[], |_| {}).unwrap();

@@ -15,7 +15,6 @@ const LINEAR: &str = include_str!("../../../shaders/linear.wgsl");
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
-const ACT: &str = include_str!("../../../shaders/act.wgsl");
 const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
 const COPY: &str = include_str!("../../../shaders/copy.wgsl");
 
@@ -69,7 +68,6 @@ pub enum Kernel {
     Embed(Fmt),
     Norm,
     Attention,
-    Act,
     Argmax,
     Copy,
 }
@@ -92,7 +90,6 @@ impl Kernel {
         v.extend([
             Kernel::Norm,
             Kernel::Attention,
-            Kernel::Act,
             Kernel::Argmax,
             Kernel::Copy,
         ]);
@@ -109,7 +106,6 @@ impl Kernel {
             Kernel::Embed(fmt) => format!("{COMMON}\n{EMBED}\n{}", fmt.decoder()),
             Kernel::Norm => NORM.to_string(),
             Kernel::Attention => ATTENTION.to_string(),
-            Kernel::Act => format!("{COMMON}\n{ACT}"),
             Kernel::Argmax => ARGMAX.to_string(),
             Kernel::Copy => COPY.to_string(),
         }
@@ -123,7 +119,6 @@ impl Kernel {
             Kernel::Embed(_) => &[U, R, R, R, R, R, R, W],
             Kernel::Norm => &[U, R, R, W],
             Kernel::Attention => &[U, R, R, R, W, W, W],
-            Kernel::Act => &[U, R, W],
             Kernel::Argmax => &[U, R, W, W, W],
             Kernel::Copy => &[U, R, W],
         }
@@ -136,7 +131,6 @@ impl Kernel {
             Kernel::Embed(_) => "EmbedParams",
             Kernel::Norm => "NormParams",
             Kernel::Attention => "AttentionParams",
-            Kernel::Act => "ActParams",
             Kernel::Argmax => "ArgmaxParams",
             Kernel::Copy => "CopyParams",
         }
@@ -402,23 +396,6 @@ pub struct AttentionParams {
     pub _pad2: u32,
 }
 
-pub const A_SILU_MUL: u32 = 0;
-pub const A_RELU: u32 = 1;
-pub const A_GELU: u32 = 2;
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
-pub struct ActParams {
-    pub n: u32,
-    pub width: u32,
-    pub in_stride: u32,
-    pub out_stride: u32,
-    pub kind: u32,
-    pub a_off: u32,
-    pub b_off: u32,
-    pub _pad0: u32,
-}
-
 pub const S_GUMBEL: u32 = 1;
 
 #[repr(C)]
@@ -464,7 +441,6 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
         "AttentionParams" => {
             lay!(AttentionParams; n, nh, nkv, hd, qkv_stride, q_off, k_off, v_off, out_stride, window, flags, cap, scale, _pad0, _pad1, _pad2)
         }
-        "ActParams" => lay!(ActParams; n, width, in_stride, out_stride, kind, a_off, b_off, _pad0),
         "ArgmaxParams" => {
             lay!(ArgmaxParams; len, row_off, flags, seed, inv_temp, advance, history_len, _pad0)
         }
@@ -495,9 +471,6 @@ pub fn host_constants() -> Vec<(&'static str, u32)> {
         ("N_RMS", N_RMS),
         ("N_BIAS", N_BIAS),
         ("R_ROPE", R_ROPE),
-        ("A_SILU_MUL", A_SILU_MUL),
-        ("A_RELU", A_RELU),
-        ("A_GELU", A_GELU),
         ("S_GUMBEL", S_GUMBEL),
         ("MAX_HD", MAX_HEAD_DIM as u32),
     ]

@@ -1102,57 +1102,67 @@ impl GpuModel {
                     tail,
                     xform,
                 } => {
-                    let (xf, act_off, nw_off, nb_off, eps, has_nb) = match xform {
-                        Xform::None => (X_NONE, 0, 0, 0, 0.0, 0),
-                        Xform::Norm(nm) => {
-                            let (w, b, hb) =
-                                self.norm_offs.get(&nm.id).copied().unwrap_or_default();
-                            let k = if nm.rms { X_RMS } else { X_LAYER_NORM };
-                            (k, 0, w, b, nm.eps as f32, u32::from(hb))
-                        }
-                        Xform::Act(k) => {
-                            let off = if *k == X_SILU_MUL { u(d.act_width) } else { 0 };
-                            (*k, off, 0, 0, 0.0, 0)
-                        }
-                    };
                     let grp = &self.groups[*g];
                     let gs = &self.gstate[*g];
                     let ne = if *tail && last_only { 1 } else { n };
                     let src = resolve(*src, tail_src);
                     let tn = tn_of(ne);
-                    let xs = u(self.width(src));
+                    // what the shrink and the main matmul share: the input and its transform
+                    let mut input = LinearParams {
+                        n: u(ne),
+                        x_stride: u(self.width(src)),
+                        ..Default::default()
+                    };
+                    match xform {
+                        Xform::None => {}
+                        Xform::Norm(nm) => {
+                            let (w, b, hb) =
+                                self.norm_offs.get(&nm.id).copied().unwrap_or_default();
+                            input.xform = if nm.rms { X_RMS } else { X_LAYER_NORM };
+                            (input.nw_off, input.nb_off) = (w, b);
+                            input.eps = nm.eps as f32;
+                            input.has_nb = u32::from(hb);
+                        }
+                        Xform::Act(k) => {
+                            input.xform = *k;
+                            if *k == X_SILU_MUL {
+                                input.act_off = u(d.act_width);
+                            }
+                        }
+                    }
+                    // one linear dispatch: weight `w`, LoRA t and B buffers, output `y`
+                    let mut linear_step =
+                        |w: &GpuWeight,
+                         p: LinearParams,
+                         lt: &wgpu::Buffer,
+                         lb: &wgpu::Buffer,
+                         y: &wgpu::Buffer| {
+                            Pending {
+                                kernel: Kernel::Linear { fmt: w.fmt, tn },
+                                consts: vec![("WG", LINEAR_WG), ("RPW", RPW)],
+                                uoff: put(bytemuck::bytes_of(&p)),
+                                usize_: std::mem::size_of::<LinearParams>() as u64,
+                                bufs: vec![
+                                    self.act(src).clone(),
+                                    w.wq.clone(),
+                                    w.ws.clone(),
+                                    self.aux.clone(),
+                                    lt.clone(),
+                                    lb.clone(),
+                                    y.clone(),
+                                ],
+                                wg: (w.desc.rows.div_ceil(RPW), u(ne).div_ceil(tn), 1),
+                            }
+                        };
                     if let Some(a) = &gs.a {
+                        // LoRA's shrink: t = x·Aᵀ over every active adapter of the group
                         let p = LinearParams {
                             wd: a.desc,
-                            n: u(ne),
-                            x_stride: xs,
                             y_stride: u(gs.r_total),
                             c8n: a.c8n,
-                            xform: xf,
-                            act_off,
-                            nw_off,
-                            nb_off,
-                            eps,
-                            has_nb,
-                            ..Default::default()
+                            ..input
                         };
-                        let uoff = put(bytemuck::bytes_of(&p));
-                        step!(Pending {
-                            kernel: Kernel::Linear { fmt: a.fmt, tn },
-                            consts: vec![("WG", LINEAR_WG), ("RPW", RPW)],
-                            uoff,
-                            usize_: std::mem::size_of::<LinearParams>() as u64,
-                            bufs: vec![
-                                self.act(src).clone(),
-                                a.wq.clone(),
-                                a.ws.clone(),
-                                self.aux.clone(),
-                                self.dummy.clone(),
-                                self.dummy.clone(),
-                                self.t_buf.clone(),
-                            ],
-                            wg: (a.desc.rows.div_ceil(RPW), u(ne).div_ceil(tn), 1),
-                        });
+                        step!(linear_step(a, p, &self.dummy, &self.dummy, &self.t_buf));
                     }
                     let w = gs.weight.as_ref().unwrap_or(&grp.base);
                     let mut seg = [Seg::default(); MAX_SEGS];
@@ -1161,8 +1171,6 @@ impl GpuModel {
                     }
                     let p = LinearParams {
                         wd: w.desc,
-                        n: u(ne),
-                        x_stride: xs,
                         y_stride: u(self.width(*dst)),
                         y_off: *y_off,
                         flags: gs.flags | if *accum { F_ACCUM } else { 0 },
@@ -1174,37 +1182,15 @@ impl GpuModel {
                         t_stride: u(gs.r_total),
                         nseg: u(gs.segs.len()),
                         c8n: w.c8n,
-                        xform: xf,
-                        act_off,
-                        nw_off,
-                        nb_off,
-                        eps,
-                        has_nb,
                         seg,
-                        ..Default::default()
+                        ..input
                     };
-                    let uoff = put(bytemuck::bytes_of(&p));
-                    let lora = gs.a.is_some();
-                    step!(Pending {
-                        kernel: Kernel::Linear { fmt: w.fmt, tn },
-                        consts: vec![("WG", LINEAR_WG), ("RPW", RPW)],
-                        uoff,
-                        usize_: std::mem::size_of::<LinearParams>() as u64,
-                        bufs: vec![
-                            self.act(src).clone(),
-                            w.wq.clone(),
-                            w.ws.clone(),
-                            self.aux.clone(),
-                            if lora {
-                                self.t_buf.clone()
-                            } else {
-                                self.dummy.clone()
-                            },
-                            gs.b.clone().unwrap_or(self.dummy.clone()),
-                            self.act(*dst).clone(),
-                        ],
-                        wg: (w.desc.rows.div_ceil(RPW), u(ne).div_ceil(tn), 1),
-                    });
+                    let (lt, lb) = match &gs.b {
+                        Some(b) => (&self.t_buf, b),
+                        None => (&self.dummy, &self.dummy),
+                    };
+                    let y = self.act(*dst).clone();
+                    step!(linear_step(w, p, lt, lb, &y));
                 }
                 Op::Attention { layer } => {
                     // RoPE and the KV-cache write happen inside (shaders/attention.wgsl)

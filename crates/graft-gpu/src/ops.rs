@@ -89,6 +89,32 @@ impl Ops {
         (bg, uniform)
     }
 
+    /// A command buffer of `reps` dispatches of one pipeline in one compute pass.
+    fn encode(
+        &self,
+        pipe: &wgpu::ComputePipeline,
+        bg: &wgpu::BindGroup,
+        workgroups: (u32, u32, u32),
+        reps: usize,
+    ) -> wgpu::CommandEncoder {
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, bg, &[]);
+            for _ in 0..reps {
+                pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+            }
+        }
+        enc
+    }
+
     /// Runs `kernel` once over `workgroups` with `params` as its uniform and `inputs` as
     /// bindings 1.., and returns the contents of the bindings listed in `read` as u32 words.
     pub fn run(
@@ -103,19 +129,7 @@ impl Ops {
         let bufs = self.buffers(inputs)?;
         let pipe = self.kernels.pipeline(&self.gpu, kernel, consts);
         let (bg, _u) = self.bind_group(kernel, params, &bufs);
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipe);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
-        }
+        let mut enc = self.encode(&pipe, &bg, workgroups, 1);
         let mut staging = Vec::new();
         for &r in read {
             let src = &bufs[r - 1];
@@ -154,21 +168,7 @@ impl Ops {
         let pipe = self.kernels.pipeline(&self.gpu, kernel, consts);
         let (bg, _u) = self.bind_group(kernel, params, &bufs);
         let submit = |reps: usize| -> Result<f64> {
-            let mut enc = self
-                .gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipe);
-                pass.set_bind_group(0, &bg, &[]);
-                for _ in 0..reps {
-                    pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
-                }
-            }
+            let enc = self.encode(&pipe, &bg, workgroups, reps);
             let t = std::time::Instant::now();
             self.gpu.queue.submit([enc.finish()]);
             self.gpu.wait()?;

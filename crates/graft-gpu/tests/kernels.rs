@@ -12,11 +12,10 @@ use std::sync::OnceLock;
 
 use bytemuck::bytes_of;
 use graft_gpu::kernels::{
-    ActParams, ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams,
-    NormParams, Seg, A_GELU, A_RELU, A_SILU_MUL, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS,
-    F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE, F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS,
-    R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS,
-    X_SILU_MUL,
+    ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams, NormParams,
+    Seg, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE,
+    F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS, R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL,
+    X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS, X_SILU_MUL,
 };
 use graft_gpu::ops::{Input, Ops};
 use graft_gpu::weights::Packed;
@@ -63,7 +62,7 @@ fn consts(kernel: Kernel) -> &'static [(&'static str, u32)] {
     match kernel {
         Kernel::Linear { .. } => &[("WG", 256), ("RPW", RPW)],
         Kernel::Embed(_) => &[("WG", 64)],
-        Kernel::Act | Kernel::Copy => &[("WG", 256)],
+        Kernel::Copy => &[("WG", 256)],
         Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
     }
 }
@@ -1109,82 +1108,6 @@ fn attention_with_rope_and_cache_write_prefill_then_decode() {
                 steps: &[6, 1, 1],
             },
         );
-    }
-}
-
-// ---------------------------------------------------------------- act
-
-#[test]
-fn act_silu_mul_relu_gelu() {
-    let Some(gpu) = gpu() else { return };
-    let ops = ops(&gpu);
-    let mut rng = Rng::new(6);
-    for width in [1usize, 3, 255, 257, 1536] {
-        for (name, kind) in [("silu*mul", A_SILU_MUL), ("relu", A_RELU), ("gelu", A_GELU)] {
-            for n in 1..=3usize {
-                // silu·mul: gate and up side by side, in either order; the others: an offset
-                let (in_stride, a_off, b_off) = match (kind, n % 2) {
-                    (A_SILU_MUL, 1) => (2 * width + 2, 0, width),
-                    (A_SILU_MUL, _) => (2 * width + 2, width + 1, 0),
-                    _ => (width + 3, n - 1, 0),
-                };
-                let out_stride = width + 1;
-                let mut inp = rng.range(n * in_stride, -6.0, 6.0);
-                inp[a_off] = 0.0;
-                let y0 = rng.vec(n * out_stride);
-                let a: Vec<f32> = (0..n)
-                    .flat_map(|t| inp[t * in_stride + a_off..][..width].to_vec())
-                    .collect();
-                let gelu: Vec<f32> = if kind == A_GELU {
-                    candle_core::Tensor::from_slice(&a, a.len(), &candle_core::Device::Cpu)
-                        .and_then(|t| t.gelu_erf())
-                        .and_then(|t| t.to_vec1::<f32>())
-                        .unwrap()
-                } else {
-                    Vec::new()
-                };
-                let mut want: Vec<f64> = y0.iter().map(|v| *v as f64).collect();
-                let mut mag = vec![0f64; y0.len()];
-                for t in 0..n {
-                    for i in 0..width {
-                        let av = a[t * width + i] as f64;
-                        let v = match kind {
-                            A_SILU_MUL => {
-                                let b = inp[t * in_stride + b_off + i] as f64;
-                                av / (1.0 + (-av).exp()) * b
-                            }
-                            A_RELU => av.max(0.0),
-                            _ => gelu[t * width + i] as f64,
-                        };
-                        want[t * out_stride + i] = v;
-                        mag[t * out_stride + i] = v.abs() + 0.1;
-                    }
-                }
-                let p = ActParams {
-                    n: n as u32,
-                    width: width as u32,
-                    in_stride: in_stride as u32,
-                    out_stride: out_stride as u32,
-                    kind,
-                    a_off: a_off as u32,
-                    b_off: b_off as u32,
-                    ..Default::default()
-                };
-                let ctx = format!("act {name} width={width} n={n} a_off={a_off} b_off={b_off}");
-                let out = run(
-                    ops,
-                    Kernel::Act,
-                    bytes_of(&p),
-                    &[Input::F32(&inp), Input::F32(&y0)],
-                    ((width as u32).div_ceil(256), n as u32, 1),
-                    &[2],
-                    &ctx,
-                );
-                // relu is exact; silu and gelu within a few ulp of f32 exp and erf
-                let rel = if kind == A_RELU { 0.0 } else { 1e-5 };
-                check(&ctx, &floats(&out[0], y0.len()), &want, &mag, rel, 0.0);
-            }
-        }
     }
 }
 
