@@ -49,10 +49,7 @@ impl Cache {
 
     /// `snapshots/<commit>/<path>`. `path` must have been validated.
     pub fn pointer_path(&self, repo: &Repo, commit: &str, path: &str) -> PathBuf {
-        join_repo_path(
-            &self.repo_dir(repo).join("snapshots").join(commit),
-            path,
-        )
+        join_repo_path(&self.repo_dir(repo).join("snapshots").join(commit), path)
     }
 
     pub fn snapshot_dir(&self, repo: &Repo, commit: &str) -> PathBuf {

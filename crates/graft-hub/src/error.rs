@@ -71,7 +71,9 @@ pub enum Error {
         cache: String,
     },
 
-    #[error("unsafe path `{path}` ({why}): only relative paths inside the repository are accepted")]
+    #[error(
+        "unsafe path `{path}` ({why}): only relative paths inside the repository are accepted"
+    )]
     UnsafePath { path: String, why: &'static str },
 
     #[error("`{0}` is not a valid repo id: use `name` or `namespace/name` (letters, digits, `-`, `_`, `.`; no `--` or `..`)")]
@@ -133,6 +135,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_string(),
@@ -142,3 +145,58 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What an error answer carried.
+pub struct Refusal<'a> {
+    pub url: &'a str,
+    pub status: u16,
+    /// `X-Error-Code`.
+    pub code: Option<&'a str>,
+    /// `X-Error-Message`, or the JSON body's `error`.
+    pub message: Option<String>,
+    /// Whether the request carried a token.
+    pub authenticated: bool,
+}
+
+/// The typed error for a Hub refusal, mapped in the order of huggingface_hub's
+/// `hf_raise_for_status` (shared by the native and browser clients).
+pub fn refusal_error(
+    repo: &crate::Repo,
+    path: Option<&str>,
+    endpoint: &str,
+    r: Refusal<'_>,
+) -> Error {
+    match r.code {
+        Some("RevisionNotFound") => Error::RevisionNotFound {
+            repo: repo.to_string(),
+            revision: repo.revision.clone(),
+        },
+        Some("EntryNotFound") => Error::EntryNotFound {
+            repo: repo.to_string(),
+            revision: repo.revision.clone(),
+            path: path.unwrap_or("").to_string(),
+        },
+        Some("GatedRepo") => Error::GatedRepo {
+            repo: repo.to_string(),
+            endpoint: endpoint.to_string(),
+            authenticated: r.authenticated,
+        },
+        _ if r.status == 401
+            && r.message.as_deref() == Some("Invalid credentials in Authorization header") =>
+        {
+            Error::InvalidToken {
+                endpoint: endpoint.to_string(),
+            }
+        }
+        // The Hub answers 401 for a missing repository to anonymous callers.
+        Some("RepoNotFound") | None if r.status == 401 || r.code.is_some() => Error::RepoNotFound {
+            repo: repo.to_string(),
+            endpoint: endpoint.to_string(),
+        },
+        _ => Error::Http {
+            url: r.url.to_string(),
+            status: r.status,
+            message: r.message,
+        },
+    }
+}

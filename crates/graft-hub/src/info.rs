@@ -97,7 +97,10 @@ impl RepoInfo {
 
 /// Joins a subfolder and a file name as the Hub does (`subfolder/filename`).
 pub fn in_subfolder(subfolder: Option<&str>, file: &str) -> String {
-    match subfolder.map(|s| s.trim_matches('/')).filter(|s| !s.is_empty()) {
+    match subfolder
+        .map(|s| s.trim_matches('/'))
+        .filter(|s| !s.is_empty())
+    {
         Some(s) => format!("{s}/{file}"),
         None => file.to_string(),
     }
@@ -270,36 +273,65 @@ mod tests {
             {"rfilename": "model.safetensors", "size": 99, "blobId": "c".repeat(40),
              "lfs": {"sha256": "d".repeat(64), "size": 1000, "pointerSize": 134}}]});
         let i = RepoInfo::from_json("u", &v).unwrap();
-        assert_eq!(i.siblings[0].expected, Some(Expected::GitSha1("b".repeat(40))));
-        assert_eq!(i.siblings[1].expected, Some(Expected::Sha256("d".repeat(64))));
+        assert_eq!(
+            i.siblings[0].expected,
+            Some(Expected::GitSha1("b".repeat(40)))
+        );
+        assert_eq!(
+            i.siblings[1].expected,
+            Some(Expected::Sha256("d".repeat(64)))
+        );
         assert_eq!(i.siblings[1].size, Some(1000));
         let evil = json!({"sha": "a".repeat(40), "siblings": [{"rfilename": "../../x"}]});
-        assert!(matches!(RepoInfo::from_json("u", &evil), Err(Error::UnsafePath { .. })));
+        assert!(matches!(
+            RepoInfo::from_json("u", &evil),
+            Err(Error::UnsafePath { .. })
+        ));
         let nosha = json!({"sha": "zz", "siblings": []});
-        assert!(matches!(RepoInfo::from_json("u", &nosha), Err(Error::Protocol { .. })));
+        assert!(matches!(
+            RepoInfo::from_json("u", &nosha),
+            Err(Error::Protocol { .. })
+        ));
     }
 
     #[test]
     fn picks_model_and_adapter_files() {
         let r = Repo::model("o/n").unwrap();
-        let i = info(&["config.json", "model.safetensors", "tokenizer.json", "README.md"]);
+        let i = info(&[
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "README.md",
+        ]);
         assert_eq!(
             model_layout(&r, &i, None).unwrap(),
             ModelLayout::Safetensors {
-                files: vec!["config.json".into(), "model.safetensors".into(), "tokenizer.json".into()]
+                files: vec![
+                    "config.json".into(),
+                    "model.safetensors".into(),
+                    "tokenizer.json".into()
+                ]
             }
         );
         let i = info(&["a.Q4_1.gguf", "b.Q8_0.gguf"]);
-        assert!(model_layout(&r, &i, None).unwrap_err().to_string().contains("--gguf-file"));
+        assert!(model_layout(&r, &i, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--gguf-file"));
         assert_eq!(
             model_layout(&r, &i, Some("b.Q8_0.gguf")).unwrap(),
-            ModelLayout::Gguf { file: "b.Q8_0.gguf".into() }
+            ModelLayout::Gguf {
+                file: "b.Q8_0.gguf".into()
+            }
         );
         let i = info(&["sub/adapter_config.json", "sub/adapter_model.safetensors"]);
         assert_eq!(adapter_files(&r, &i, Some("sub")).unwrap().len(), 2);
         assert!(adapter_files(&r, &i, None).is_err());
         let idx = json!({"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}});
-        assert_eq!(shard_names(&r, &idx).unwrap(), vec!["m-1.safetensors", "m-2.safetensors"]);
+        assert_eq!(
+            shard_names(&r, &idx).unwrap(),
+            vec!["m-1.safetensors", "m-2.safetensors"]
+        );
         let idx = json!({"weight_map": {"a": "../m.safetensors"}});
         assert!(shard_names(&r, &idx).is_err());
     }

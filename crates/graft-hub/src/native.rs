@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::error::{refusal_error, Error, Refusal, Result};
 use crate::info::{adapter_files, model_layout, shard_names, ModelLayout, RepoInfo};
 use crate::options::{HubOptions, Progress, ProgressFn};
-use crate::repo::{validate_path, valid_etag, Repo};
+use crate::repo::{valid_etag, validate_path, Repo};
 use crate::verify::{clean_etag, Expected, Hasher};
 
 /// Where and what a file is, from the Hub's headers (`HEAD …/resolve/…`).
@@ -168,7 +168,12 @@ impl Hub {
         let headers: HashMap<String, String> = resp
             .headers()
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().ok()?.to_string(),
+                ))
+            })
             .collect();
         let answer = Answer {
             status,
@@ -241,43 +246,14 @@ impl Hub {
     fn status_error(&self, repo: &Repo, path: Option<&str>, mut a: Answer) -> Error {
         let code = a.header("x-error-code").map(str::to_string);
         let message = a.message();
-        let authenticated = self.auth_for(&a.url).is_some();
-        match code.as_deref() {
-            Some("RevisionNotFound") => Error::RevisionNotFound {
-                repo: repo.to_string(),
-                revision: repo.revision.clone(),
-            },
-            Some("EntryNotFound") => Error::EntryNotFound {
-                repo: repo.to_string(),
-                revision: repo.revision.clone(),
-                path: path.unwrap_or("").to_string(),
-            },
-            Some("GatedRepo") => Error::GatedRepo {
-                repo: repo.to_string(),
-                endpoint: self.opts.endpoint.clone(),
-                authenticated,
-            },
-            _ if a.status == 401
-                && message.as_deref() == Some("Invalid credentials in Authorization header") =>
-            {
-                Error::InvalidToken {
-                    endpoint: self.opts.endpoint.clone(),
-                }
-            }
-            Some("RepoNotFound") => Error::RepoNotFound {
-                repo: repo.to_string(),
-                endpoint: self.opts.endpoint.clone(),
-            },
-            _ if a.status == 401 => Error::RepoNotFound {
-                repo: repo.to_string(),
-                endpoint: self.opts.endpoint.clone(),
-            },
-            _ => Error::Http {
-                url: a.url.clone(),
-                status: a.status,
-                message,
-            },
-        }
+        let refusal = Refusal {
+            url: &a.url,
+            status: a.status,
+            code: code.as_deref(),
+            message,
+            authenticated: self.auth_for(&a.url).is_some(),
+        };
+        refusal_error(repo, path, &self.opts.endpoint, refusal)
     }
 
     /// `HEAD …/resolve/…`: the commit, ETag, size and location of one file.
@@ -296,7 +272,10 @@ impl Hub {
             }
             if a.status >= 400 {
                 if a.header("x-error-code") == Some("EntryNotFound") {
-                    if let Some(c) = a.header("x-repo-commit").filter(|c| crate::repo::is_commit_hash(c)) {
+                    if let Some(c) = a
+                        .header("x-repo-commit")
+                        .filter(|c| crate::repo::is_commit_hash(c))
+                    {
                         self.cache.mark_missing(repo, c, path);
                     }
                 }
@@ -322,7 +301,9 @@ impl Hub {
             let size = match a.header("x-linked-size") {
                 Some(s) => s.trim().parse::<u64>().ok(),
                 // A redirect's Content-Length is its own body's, not the file's.
-                None if !redirect => a.header("content-length").and_then(|s| s.trim().parse().ok()),
+                None if !redirect => a
+                    .header("content-length")
+                    .and_then(|s| s.trim().parse().ok()),
                 None => None,
             }
             .ok_or_else(|| proto("no file size (X-Linked-Size or Content-Length)"))?;
@@ -355,7 +336,7 @@ impl Hub {
             }
         }
         if self.opts.offline {
-            return self.from_cache_only(repo, path);
+            return self.cached_only(repo, path);
         }
         let meta = match self.metadata(repo, path) {
             Ok(m) => m,
@@ -381,7 +362,7 @@ impl Hub {
         self.cache.link(repo, &meta.commit, path, &meta.etag)
     }
 
-    fn from_cache_only(&self, repo: &Repo, path: &str) -> Result<PathBuf> {
+    fn cached_only(&self, repo: &Repo, path: &str) -> Result<PathBuf> {
         self.cache
             .cached_file(repo, path)?
             .ok_or_else(|| Error::NotCached {
@@ -404,7 +385,10 @@ impl Hub {
             what: "unusable ETag".into(),
         })?;
         let lock_path = self.cache.lock_path(repo, &meta.etag);
-        let dir = lock_path.parent().unwrap_or(self.cache.root()).to_path_buf();
+        let dir = lock_path
+            .parent()
+            .unwrap_or(self.cache.root())
+            .to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         let lock = File::create(&lock_path).map_err(|e| Error::io(lock_path.display(), e))?;
         lock.lock().map_err(|e| Error::io(lock_path.display(), e))?;
@@ -444,7 +428,14 @@ impl Hub {
 
     /// Downloads into `part`, resuming from its length, hashing as bytes arrive. Network
     /// failures mid-body resume with `Range` until `max_attempts` is spent.
-    fn transfer(&self, repo: &Repo, path: &str, meta: &FileMetadata, expected: Expected, part: &Path) -> Result<()> {
+    fn transfer(
+        &self,
+        repo: &Repo,
+        path: &str,
+        meta: &FileMetadata,
+        expected: Expected,
+        part: &Path,
+    ) -> Result<()> {
         let ioerr = |e| Error::io(part.display(), e);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -506,7 +497,10 @@ impl Hub {
                     if start != Some(have) {
                         return Err(Error::Protocol {
                             url: a.url.clone(),
-                            what: format!("asked for bytes from {have}, got Content-Range {:?}", a.header("content-range")),
+                            what: format!(
+                                "asked for bytes from {have}, got Content-Range {:?}",
+                                a.header("content-range")
+                            ),
                         });
                     }
                 }
@@ -537,7 +531,10 @@ impl Hub {
                     return Err(Error::Integrity {
                         repo: repo.to_string(),
                         path: path.to_string(),
-                        what: format!("the server sent more than the {} bytes it announced", meta.size),
+                        what: format!(
+                            "the server sent more than the {} bytes it announced",
+                            meta.size
+                        ),
                     });
                 }
                 file.write_all(&buf[..n]).map_err(ioerr)?;
@@ -571,7 +568,13 @@ impl Hub {
     }
 
     /// GET with redirects followed by hand, so the token never leaves the endpoint's origin.
-    fn get_following(&self, repo: &Repo, path: &str, url: &str, range: Option<u64>) -> Result<Answer> {
+    fn get_following(
+        &self,
+        repo: &Repo,
+        path: &str,
+        url: &str,
+        range: Option<u64>,
+    ) -> Result<Answer> {
         let mut url = url.to_string();
         for _ in 0..10 {
             let a = self.request("GET", &url, range)?;
@@ -601,12 +604,15 @@ impl Hub {
     /// snapshot).
     pub fn info(&self, repo: &Repo) -> Result<RepoInfo> {
         if self.opts.offline {
-            return self.cache.cached_info(repo).ok_or_else(|| Error::NotCached {
-                repo: repo.to_string(),
-                revision: repo.revision.clone(),
-                path: "(file list)".into(),
-                cache: self.cache.root().display().to_string(),
-            });
+            return self
+                .cache
+                .cached_info(repo)
+                .ok_or_else(|| Error::NotCached {
+                    repo: repo.to_string(),
+                    revision: repo.revision.clone(),
+                    path: "(file list)".into(),
+                    cache: self.cache.root().display().to_string(),
+                });
         }
         let url = repo.info_url(&self.opts.endpoint);
         let fetched = (|| {
@@ -624,10 +630,11 @@ impl Hub {
                     message: e.to_string(),
                     attempts: 1,
                 })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Protocol {
-                url: url.clone(),
-                what: format!("repository info is not JSON: {e}"),
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Protocol {
+                    url: url.clone(),
+                    what: format!("repository info is not JSON: {e}"),
+                })?;
             RepoInfo::from_json(&url, &v)
         })();
         match fetched {
@@ -643,7 +650,12 @@ impl Hub {
     }
 
     /// Downloads several files of one commit; returns the snapshot folder.
-    pub fn download_files(&self, repo: &Repo, info: &RepoInfo, files: &[String]) -> Result<PathBuf> {
+    pub fn download_files(
+        &self,
+        repo: &Repo,
+        info: &RepoInfo,
+        files: &[String],
+    ) -> Result<PathBuf> {
         let pinned = repo.at(&info.commit)?;
         for f in files {
             self.download(&pinned, f)?;
@@ -663,10 +675,15 @@ impl Hub {
         let info = self.info(repo)?;
         let files = adapter_files(repo, &info, subfolder)?;
         let snap = self.download_files(repo, &info, &files)?;
-        Ok(match subfolder.map(|s| s.trim_matches('/')).filter(|s| !s.is_empty()) {
-            Some(s) => s.split('/').fold(snap, |p, seg| p.join(seg)),
-            None => snap,
-        })
+        Ok(
+            match subfolder
+                .map(|s| s.trim_matches('/'))
+                .filter(|s| !s.is_empty())
+            {
+                Some(s) => s.split('/').fold(snap, |p, seg| p.join(seg)),
+                None => snap,
+            },
+        )
     }
 
     /// A base model's files in the cache: the snapshot folder (safetensors, single or
@@ -715,8 +732,14 @@ mod tests {
     fn origins_and_redirects() {
         assert_eq!(origin("http://127.0.0.1:5/a/b?c"), "http://127.0.0.1:5");
         assert_eq!(origin("https://huggingface.co"), "https://huggingface.co");
-        assert_eq!(absolute("http://h:1/x/y", "/api/z").unwrap(), "http://h:1/api/z");
-        assert_eq!(absolute("http://h:1/x", "https://cdn/x").unwrap(), "https://cdn/x");
+        assert_eq!(
+            absolute("http://h:1/x/y", "/api/z").unwrap(),
+            "http://h:1/api/z"
+        );
+        assert_eq!(
+            absolute("http://h:1/x", "https://cdn/x").unwrap(),
+            "https://cdn/x"
+        );
         assert!(absolute("http://h:1/x", "relative/x").is_none());
         assert!(!is_relative("//evil.com/x"));
     }

@@ -163,9 +163,16 @@ mod tests {
         assert_eq!(o.cache_dir, PathBuf::from("/x/huggingface/hub"));
         let o = opts(&[("HF_HOME", "/hf"), ("HUGGINGFACE_HUB_CACHE", "/legacy")]);
         assert_eq!(o.cache_dir, PathBuf::from("/legacy"));
-        let o = opts(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c"), ("HUGGINGFACE_HUB_CACHE", "/l")]);
+        let o = opts(&[
+            ("HF_HOME", "/hf"),
+            ("HF_HUB_CACHE", "/c"),
+            ("HUGGINGFACE_HUB_CACHE", "/l"),
+        ]);
         assert_eq!(o.cache_dir, PathBuf::from("/c"));
-        let o = opts(&[("HF_ENDPOINT", "http://127.0.0.1:9/"), ("HF_HUB_OFFLINE", "yes")]);
+        let o = opts(&[
+            ("HF_ENDPOINT", "http://127.0.0.1:9/"),
+            ("HF_HUB_OFFLINE", "yes"),
+        ]);
         assert_eq!(o.endpoint, "http://127.0.0.1:9");
         assert!(o.offline);
         assert!(opts(&[("TRANSFORMERS_OFFLINE", "1")]).offline);
@@ -185,7 +192,10 @@ mod tests {
         assert_eq!(opts(&[("HF_HOME", &home)]).token, Token::new("hf_file"));
         let custom = dir.join("t2");
         std::fs::write(&custom, "hf_custom").unwrap();
-        let o = opts(&[("HF_HOME", &home), ("HF_TOKEN_PATH", &custom.to_string_lossy())]);
+        let o = opts(&[
+            ("HF_HOME", &home),
+            ("HF_TOKEN_PATH", &custom.to_string_lossy()),
+        ]);
         assert_eq!(o.token, Token::new("hf_custom"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

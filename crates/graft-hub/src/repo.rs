@@ -108,7 +108,11 @@ impl Repo {
 
     /// The cache folder's name: `models--org--name` (huggingface_hub's `repo_folder_name`).
     pub fn folder_name(&self) -> String {
-        format!("{}--{}", self.repo_type.plural(), self.id.replace('/', "--"))
+        format!(
+            "{}--{}",
+            self.repo_type.plural(),
+            self.id.replace('/', "--")
+        )
     }
 
     /// Whether the revision is a full commit hash (then a cached file needs no network).
@@ -128,7 +132,9 @@ impl std::fmt::Display for Repo {
 
 /// `^[0-9a-f]{40}$`.
 pub fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_hex(s: &str) -> bool {
@@ -178,7 +184,9 @@ pub fn validate_revision(rev: &str) -> Result<()> {
         || rev.starts_with('/')
         || rev.ends_with('/')
         || rev.contains('\\')
-        || rev.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+        || rev
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
         || rev.chars().any(|c| c.is_control());
     if bad {
         return Err(Error::InvalidRevision(rev.to_string()));
@@ -238,7 +246,10 @@ pub fn encode_segment(s: &str) -> String {
 
 /// Percent-encodes a path, keeping its slashes (`quote(path)`).
 pub fn encode_path(p: &str) -> String {
-    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A Hub token. Its `Debug` and `Display` never show it, so it cannot reach a log by accident.
@@ -295,13 +306,32 @@ mod tests {
 
     #[test]
     fn hostile_names_are_rejected() {
-        for id in ["", "a/b/c", "../x", "a--b/c", "a/..", "/a", "a b/c", "a/b/", "-a/b"] {
+        for id in [
+            "", "a/b/c", "../x", "a--b/c", "a/..", "/a", "a b/c", "a/b/", "-a/b",
+        ] {
             assert!(validate_repo_id(id).is_err(), "{id}");
         }
-        for id in ["gpt2", "org/name", "HuggingFaceTB/SmolLM2-135M-Instruct", "a.b/c_d"] {
+        for id in [
+            "gpt2",
+            "org/name",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "a.b/c_d",
+        ] {
             assert!(validate_repo_id(id).is_ok(), "{id}");
         }
-        for p in ["../x", "a/../b", "/etc/passwd", "C:x", "c:/x", "a\\..\\b", "a//b", "", "a/./b", "\\\\server\\x", "a\u{0}b"] {
+        for p in [
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "C:x",
+            "c:/x",
+            "a\\..\\b",
+            "a//b",
+            "",
+            "a/./b",
+            "\\\\server\\x",
+            "a\u{0}b",
+        ] {
             assert!(validate_path(p).is_err(), "{p:?}");
         }
         for p in ["config.json", "sub/adapter_config.json", "a..b/c"] {
@@ -310,7 +340,12 @@ mod tests {
         for r in ["", "../main", "a/../b", "/x", "x/", "a\nb"] {
             assert!(validate_revision(r).is_err(), "{r:?}");
         }
-        for r in ["main", "refs/pr/1", "v1.0", "0123456789abcdef0123456789abcdef01234567"] {
+        for r in [
+            "main",
+            "refs/pr/1",
+            "v1.0",
+            "0123456789abcdef0123456789abcdef01234567",
+        ] {
             assert!(validate_revision(r).is_ok(), "{r}");
         }
     }
