@@ -57,7 +57,8 @@ impl Answer {
     }
 }
 
-/// The Hub client for native programs (the CLI, tests, servers).
+/// The Hub client for native programs (the CLI, tests, servers). Cheap to clone.
+#[derive(Clone)]
 pub struct Hub {
     opts: HubOptions,
     cache: Cache,
@@ -127,6 +128,13 @@ impl Hub {
             agent_body: agent(opts.read_timeout),
             opts,
         }
+    }
+
+    /// The same client with another token (`load_adapter(..., token=…)`); `None` keeps none.
+    pub fn with_token(&self, token: Option<crate::Token>) -> Hub {
+        let mut h = self.clone();
+        h.opts.token = token;
+        h
     }
 
     pub fn options(&self) -> &HubOptions {

@@ -30,6 +30,8 @@ pub enum Error {
     BaseModel(String),
     #[error("GGUF: {0}")]
     Gguf(String),
+    #[error(transparent)]
+    Hub(#[from] graft_hub::Error),
     #[error("tensor math failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

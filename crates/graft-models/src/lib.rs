@@ -13,6 +13,8 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 pub mod llama;
 pub mod model;
 pub mod opt;

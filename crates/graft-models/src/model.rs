@@ -572,6 +572,6 @@ pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathB
         }
     }
     Err(Error::BaseModel(format!(
-        "the adapter's base_model_name_or_path `{base}` is not a local model folder (Hub downloads arrive in a later release); pass the base with --model"
+        "the adapter's base_model_name_or_path `{base}` is not a local model folder; pass the base with --model, or open the adapter through the Hub (graft_models::hub)"
     )))
 }

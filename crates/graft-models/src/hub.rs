@@ -1,0 +1,181 @@
+//! Models and adapters by Hub repo id (native builds): `from_pretrained("org/adapter")` reads
+//! the adapter's `base_model_name_or_path`, fetches that base and then the adapter, as the
+//! PEFT guide's first example does in Python.
+
+use std::path::{Path, PathBuf};
+
+use graft_core::files::{is_adapter_dir, read_adapter_config};
+use graft_core::LoadReport;
+pub use graft_hub::{Hub, HubOptions, Repo, RepoType};
+
+use crate::error::{Error, Result};
+use crate::model::{default_model_path, LoadAdapterOptions, Model, OpenOptions, DEFAULT_MODEL_ID};
+
+/// What a model argument resolved to: the base (a folder or a GGUF file) and, when the
+/// argument was an adapter, the adapter's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub base: PathBuf,
+    pub adapter: Option<PathBuf>,
+}
+
+/// Splits `org/name@revision` (repo ids cannot contain `@`); local paths are returned whole.
+pub fn split_revision(spec: &str) -> (&str, Option<&str>) {
+    if Path::new(spec).exists() {
+        return (spec, None);
+    }
+    match spec.rsplit_once('@') {
+        Some((id, rev)) if graft_hub::repo::validate_repo_id(id).is_ok() && !rev.is_empty() => {
+            (id, Some(rev))
+        }
+        _ => (spec, None),
+    }
+}
+
+/// A local path, or a repo id fetched into the cache. A string that is neither an existing
+/// path nor a valid repo id is reported as a missing path.
+fn local_or_repo(spec: &str, revision: Option<&str>) -> Result<std::result::Result<PathBuf, Repo>> {
+    let (id, rev) = split_revision(spec);
+    let p = Path::new(id);
+    if p.exists() {
+        return Ok(Ok(p.to_path_buf()));
+    }
+    if graft_hub::repo::validate_repo_id(id).is_err() {
+        return Err(Error::BaseModel(format!(
+            "`{spec}` is neither an existing path nor a Hub repo id (`org/name`)"
+        )));
+    }
+    Ok(Err(Repo::new(id, RepoType::Model, rev.or(revision))?))
+}
+
+/// The base an adapter names: `base_model_name_or_path` as a local path (absolute, relative to
+/// the working directory or to the adapter), the embedded default model for its Hub id, else
+/// that repo on the Hub.
+pub fn resolve_base(
+    hub: &Hub,
+    adapter_dir: &Path,
+    base: Option<&str>,
+    gguf_file: Option<&str>,
+) -> Result<PathBuf> {
+    let Some(base) = base.filter(|b| !b.is_empty() && *b != "None") else {
+        return Err(Error::BaseModel(format!(
+            "{}: adapter_config.json has no base_model_name_or_path (null); pass the base model explicitly with --model",
+            adapter_dir.display()
+        )));
+    };
+    for c in [PathBuf::from(base), adapter_dir.join(base)] {
+        let gguf = c.is_file() && c.extension().is_some_and(|e| e == "gguf");
+        if c.join("config.json").is_file() || gguf {
+            return Ok(c);
+        }
+    }
+    if base == DEFAULT_MODEL_ID && gguf_file.is_none() {
+        let p = default_model_path();
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let (id, rev) = split_revision(base);
+    if graft_hub::repo::validate_repo_id(id).is_err() {
+        return Err(Error::BaseModel(format!(
+            "the adapter's base_model_name_or_path `{base}` is neither a local model nor a Hub repo id; pass the base with --model"
+        )));
+    }
+    let repo = Repo::new(id, RepoType::Model, rev)?;
+    Ok(hub.fetch_model(&repo, gguf_file)?)
+}
+
+/// Resolves a model argument (local path or repo id, optionally `@revision`). A repository or
+/// folder holding `adapter_config.json` is an adapter: its base comes from
+/// `base_model_name_or_path`.
+pub fn resolve(
+    hub: &Hub,
+    spec: &str,
+    revision: Option<&str>,
+    gguf_file: Option<&str>,
+) -> Result<Resolved> {
+    let adapter = match local_or_repo(spec, revision)? {
+        Ok(path) if is_adapter_dir(&path) => path,
+        Ok(path) => {
+            return Ok(Resolved {
+                base: path,
+                adapter: None,
+            })
+        }
+        Err(repo) => {
+            if !hub.is_adapter_repo(&repo, None)? {
+                return Ok(Resolved {
+                    base: hub.fetch_model(&repo, gguf_file)?,
+                    adapter: None,
+                });
+            }
+            hub.fetch_adapter(&repo, None)?
+        }
+    };
+    let cfg = read_adapter_config(&adapter)?;
+    let base = resolve_base(
+        hub,
+        &adapter,
+        cfg.base_model_name_or_path.as_deref(),
+        gguf_file,
+    )?;
+    Ok(Resolved {
+        base,
+        adapter: Some(adapter),
+    })
+}
+
+/// The folder of an adapter argument: a local folder, or the repo (at `revision`, in
+/// `subfolder`) fetched into the cache.
+pub fn adapter_dir(
+    hub: &Hub,
+    spec: &str,
+    revision: Option<&str>,
+    subfolder: Option<&str>,
+) -> Result<PathBuf> {
+    match local_or_repo(spec, revision)? {
+        Ok(path) => Ok(path),
+        Err(repo) => Ok(hub.fetch_adapter(&repo, subfolder)?),
+    }
+}
+
+impl Model {
+    /// `AutoModelForCausalLM.from_pretrained(id_or_path, revision=…)`: a base model, or an
+    /// adapter whose base is fetched from `base_model_name_or_path` (the adapter then loads
+    /// as `"default"`).
+    pub fn from_pretrained_hub(
+        hub: &Hub,
+        spec: &str,
+        revision: Option<&str>,
+        open: &OpenOptions,
+    ) -> Result<Self> {
+        let r = resolve(hub, spec, revision, None)?;
+        let mut model = Model::open_base_with(&r.base, open)?;
+        if let Some(a) = r.adapter {
+            model.load_adapter(&a, LoadAdapterOptions::default())?;
+        }
+        Ok(model)
+    }
+
+    /// `load_adapter(id_or_path, revision=…, token=…)`: the token is the Hub client's
+    /// (see [`Hub::with_token`]); `opts.subfolder` selects a subfolder of the repository.
+    pub fn load_adapter_hub(
+        &mut self,
+        hub: &Hub,
+        spec: &str,
+        revision: Option<&str>,
+        opts: LoadAdapterOptions,
+    ) -> Result<LoadReport> {
+        let dir = adapter_dir(hub, spec, revision, opts.subfolder.as_deref())?;
+        // The subfolder was already applied to the fetched folder.
+        let opts = if local_or_repo(spec, revision)?.is_err() {
+            LoadAdapterOptions {
+                subfolder: None,
+                ..opts
+            }
+        } else {
+            opts
+        };
+        self.load_adapter(&dir, opts)
+    }
+}
