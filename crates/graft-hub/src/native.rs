@@ -671,6 +671,14 @@ impl Hub {
         Ok(self.cache.snapshot_dir(repo, &info.commit))
     }
 
+    /// `snapshot_download`: every file of the repository at its revision; returns the
+    /// snapshot folder.
+    pub fn snapshot(&self, repo: &Repo) -> Result<PathBuf> {
+        let info = self.info(repo)?;
+        let files: Vec<String> = info.siblings.iter().map(|s| s.path.clone()).collect();
+        self.download_files(repo, &info, &files)
+    }
+
     /// Whether the repository holds a PEFT adapter (at the top or in `subfolder`).
     pub fn is_adapter_repo(&self, repo: &Repo, subfolder: Option<&str>) -> Result<bool> {
         let info = self.info(repo)?;
