@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
-use graft_core::files::{is_adapter_dir, read_adapter_dir};
+use graft_core::files::read_adapter_dir;
 use graft_core::tensors::{serialize_safetensors, LoadedTensor};
 use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
-use graft_models::model::{default_model_path, resolve_base_path, DEFAULT_MODEL_ID};
+use graft_hub::{Hub, HubOptions, Repo, RepoType, Token};
+use graft_models::model::{default_model_path, DEFAULT_MODEL_ID};
 use graft_models::{LoadAdapterOptions, Model, OpenOptions, Sampling};
 use graft_quant::QType;
 use graft_text::{Message, Tokenizer};
@@ -107,29 +108,55 @@ enum Command {
     },
     /// The load report of an adapter: method, targeted modules, ranks and scales, tensors used.
     Inspect {
-        /// Adapter folder (adapter_config.json + adapter_model.safetensors).
-        adapter: PathBuf,
-        /// Base model folder (default: the adapter's base_model_name_or_path, if it is local).
+        /// Adapter folder (adapter_config.json + adapter_model.safetensors) or Hub repo id.
+        adapter: String,
+        /// Base model (default: the adapter's base_model_name_or_path, if it is local or cached).
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Option<String>,
         /// Accept a partial load and report what does not fit.
         #[arg(long)]
         allow_partial: bool,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+    /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
+    /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
+    /// folder when no FILES are named. Every file is verified against the Hub's hash.
+    Download {
+        /// Repository id, `org/name` (optionally `org/name@revision`).
+        repo: String,
+        /// Files to download (default: the whole repository).
+        files: Vec<String>,
+        /// `model` or `dataset`.
+        #[arg(long, default_value = "model", value_parser = ["model", "dataset"])]
+        repo_type: String,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        hub: HubArgs,
     },
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder (config.json + safetensors), a .gguf file, or an adapter folder whose
-    /// base_model_name_or_path names the base (the adapter then loads as `default`).
+    /// Model folder (config.json + safetensors), a .gguf file, an adapter folder whose
+    /// base_model_name_or_path names the base (the adapter then loads as `default`), or any of
+    /// these as a Hub repo id (`org/name`, optionally `org/name@revision`).
     /// Default: the embedded SmolLM2-135M-Instruct GGUF (models/, or $GRAFT_DEFAULT_MODEL).
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
+    /// Which GGUF file of a --model repository holding several.
+    #[arg(long)]
+    gguf_file: Option<String>,
+    #[command(flatten)]
+    hub: HubArgs,
     /// Quantize a safetensors model's Linear weights while loading: int8 (load_in_8bit),
     /// nf4 (load_in_4bit), q8_0 or q4_0. Adapters stay f32 and run unmerged on top.
     #[arg(long, value_parser = ["int8", "nf4", "q8_0", "q4_0"])]
     quantize: Option<String>,
-    /// An adapter to load, as DIR or NAME=DIR; repeatable, loaded in order. Without NAME= it is `default`.
+    /// An adapter to load, as DIR or NAME=DIR, where DIR may be a Hub repo id (`org/name`,
+    /// `org/name@revision`); repeatable, loaded in order. Without NAME= it is `default`.
     #[arg(long = "adapter")]
     adapters: Vec<String>,
     /// Adapters to activate together, e.g. a,b (default: the first loaded).
@@ -150,17 +177,51 @@ struct ModelArgs {
     max_context: Option<usize>,
 }
 
+/// How to reach the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE and HF_HUB_OFFLINE
+/// are read as huggingface_hub reads them; these flags override them).
+#[derive(Args)]
+struct HubArgs {
+    /// Revision of a --model repo id: branch, tag or commit (default main).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Hub token for private or gated repositories (default: HF_TOKEN, then the token file).
+    #[arg(long)]
+    token: Option<String>,
+    /// Use the cache only; never touch the network (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// The Hub's address (default: HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long)]
+    endpoint: Option<String>,
+}
+
+impl HubArgs {
+    fn hub(&self) -> Hub {
+        let mut o = HubOptions::from_env();
+        if let Some(t) = &self.token {
+            o.token = Token::new(t);
+        }
+        if self.offline {
+            o.offline = true;
+        }
+        if let Some(e) = &self.endpoint {
+            o.endpoint = e.trim_end_matches('/').to_string();
+        }
+        Hub::new(o)
+    }
+}
+
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 mod bench_gpu;
 
-fn parse_adapter_arg(s: &str) -> (String, PathBuf) {
+fn parse_adapter_arg(s: &str) -> (String, String) {
     // NAME=DIR, unless the part before '=' looks like a path.
     match s.split_once('=') {
         Some((name, dir)) if !name.is_empty() && !name.contains(['/', '\\', '.']) => {
-            (name.to_string(), PathBuf::from(dir))
+            (name.to_string(), dir.to_string())
         }
-        _ => ("default".to_string(), PathBuf::from(s)),
+        _ => ("default".to_string(), s.to_string()),
     }
 }
 
@@ -170,9 +231,8 @@ fn print_warnings(label: &str, report: &graft_core::LoadReport) {
     }
 }
 
-/// Opens the model and its adapters as the flags say. Returns the model and the folder holding
-/// its config (for EOS ids and the tokenizer).
-fn model_path(args: &ModelArgs) -> CliResult<PathBuf> {
+/// The --model argument, or the embedded default model.
+fn model_spec(args: &ModelArgs) -> CliResult<String> {
     if let Some(m) = &args.model {
         return Ok(m.clone());
     }
@@ -184,33 +244,38 @@ fn model_path(args: &ModelArgs) -> CliResult<PathBuf> {
         )
         .into());
     }
-    Ok(p)
+    Ok(p.display().to_string())
 }
 
+/// Opens the model and its adapters as the flags say. Returns the model and the folder holding
+/// its config (for EOS ids and the tokenizer).
 fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
-    let path = model_path(args)?;
+    let spec = model_spec(args)?;
+    let hub = args.hub.hub();
+    let resolved = graft_models::hub::resolve(
+        &hub,
+        &spec,
+        args.hub.revision.as_deref(),
+        args.gguf_file.as_deref(),
+    )?;
     let opts = OpenOptions {
         quantize: args.quantize.as_deref().and_then(QType::parse),
     };
-    let (mut model, base_dir) = if is_adapter_dir(&path) {
-        let files = read_adapter_dir(&path, None)?;
-        let base = resolve_base_path(&path, files.config.base_model_name_or_path.as_deref())?;
+    let base = resolved.base.clone();
+    let mut model = Model::open_base_with(&base, &opts)?;
+    if let Some(adapter) = &resolved.adapter {
         eprintln!(
-            "graft: {} is an adapter; its base is {}",
-            path.display(),
+            "graft: {spec} is an adapter; its base is {}",
             base.display()
         );
-        let mut m = Model::open_base_with(&base, &opts)?;
+        let files = read_adapter_dir(adapter, None)?;
         let opts = LoadAdapterOptions {
             allow_partial: args.allow_partial,
             ..Default::default()
         };
-        let rep = m.load_adapter_from_state(files.config, files.tensors, opts)?;
+        let rep = model.load_adapter_from_state(files.config, files.tensors, opts)?;
         print_warnings("default", &rep);
-        (m, base)
-    } else {
-        (Model::open_base_with(&path, &opts)?, path.clone())
-    };
+    }
     if !model.kept_dense.is_empty() {
         eprintln!(
             "warning: --quantize kept {} module(s) in f32 (their width is not a multiple of the block): {}",
@@ -219,15 +284,15 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
         );
     }
     for a in &args.adapters {
-        let (name, dir) = parse_adapter_arg(a);
+        let (name, spec) = parse_adapter_arg(a);
         let opts = LoadAdapterOptions {
             adapter_name: Some(name.clone()),
             allow_partial: args.allow_partial,
             ..Default::default()
         };
         let rep = model
-            .load_adapter(&dir, opts)
-            .map_err(|e| format!("adapter `{name}` ({}): {e}", dir.display()))?;
+            .load_adapter_hub(&hub, &spec, None, opts)
+            .map_err(|e| format!("adapter `{name}` ({spec}): {e}"))?;
         print_warnings(&name, &rep);
     }
     if let Some(active) = &args.active {
@@ -237,7 +302,7 @@ fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
     if args.disable_adapters {
         model.disable_adapters()?;
     }
-    Ok((model, base_dir))
+    Ok((model, base))
 }
 
 /// Where forward passes run.
@@ -552,10 +617,20 @@ fn bench(
     Ok(())
 }
 
-fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResult<()> {
-    let files = read_adapter_dir(adapter, None)?;
+fn inspect(
+    spec: &str,
+    model: Option<&str>,
+    allow_partial: bool,
+    hub_args: &HubArgs,
+) -> CliResult<()> {
+    let hub = hub_args.hub();
+    let adapter = graft_models::hub::adapter_dir(&hub, spec, hub_args.revision.as_deref(), None)?;
+    let files = read_adapter_dir(&adapter, None)?;
     let cfg = &files.config;
-    println!("adapter: {}", adapter.display());
+    println!("adapter: {spec}");
+    if adapter.display().to_string() != spec {
+        println!("files: {}", adapter.display());
+    }
     println!("peft_type: {}", cfg.peft_type.as_str());
     println!(
         "base_model_name_or_path: {}",
@@ -569,8 +644,18 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
     }
     println!("tensors in file: {}", files.tensors.len());
     let base = match model {
-        Some(m) => Some(m.to_path_buf()),
-        None => resolve_base_path(adapter, cfg.base_model_name_or_path.as_deref()).ok(),
+        Some(m) => Some(graft_models::hub::resolve(&hub, m, None, None)?.base),
+        // Only a local or cached base: inspecting should not start a model download.
+        None => {
+            let offline = hub.with_offline(true);
+            graft_models::hub::resolve_base(
+                &offline,
+                &adapter,
+                cfg.base_model_name_or_path.as_deref(),
+                None,
+            )
+            .ok()
+        }
     };
     let Some(base) = base else {
         println!(
@@ -589,6 +674,35 @@ fn inspect(adapter: &Path, model: Option<&Path>, allow_partial: bool) -> CliResu
     };
     let report = m.load_adapter_from_state(files.config.clone(), files.tensors.clone(), opts)?;
     print!("{report}");
+    Ok(())
+}
+
+fn download(
+    spec: &str,
+    files: &[String],
+    repo_type: &str,
+    quiet: bool,
+    hub_args: &HubArgs,
+) -> CliResult<()> {
+    let (id, rev) = graft_models::hub::split_revision(spec);
+    let rtype = RepoType::parse(repo_type).unwrap_or_default();
+    let repo = Repo::new(id, rtype, rev.or(hub_args.revision.as_deref()))?;
+    let mut hub = hub_args.hub();
+    if quiet {
+        hub = hub.with_quiet(true);
+    }
+    if files.is_empty() {
+        println!("{}", hub.snapshot(&repo)?.display());
+        return Ok(());
+    }
+    // One commit for all files, even if the branch moves meanwhile.
+    let pinned = match (hub.options().offline, repo.is_commit()) {
+        (false, false) => repo.at(&hub.info(&repo)?.commit)?,
+        _ => repo.clone(),
+    };
+    for f in files {
+        println!("{}", hub.download(&pinned, f)?.display());
+    }
     Ok(())
 }
 
@@ -650,7 +764,15 @@ fn main() -> ExitCode {
             adapter,
             model,
             allow_partial,
-        } => inspect(adapter, model.as_deref(), *allow_partial),
+            hub,
+        } => inspect(adapter, model.as_deref(), *allow_partial, hub),
+        Command::Download {
+            repo,
+            files,
+            repo_type,
+            quiet,
+            hub,
+        } => download(repo, files, repo_type, *quiet, hub),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
