@@ -137,6 +137,20 @@ impl Hub {
         h
     }
 
+    /// The same client in offline mode (cache only) or not.
+    pub fn with_offline(&self, offline: bool) -> Hub {
+        let mut h = self.clone();
+        h.opts.offline = offline;
+        h
+    }
+
+    /// The same client without a progress bar.
+    pub fn with_quiet(&self, quiet: bool) -> Hub {
+        let mut h = self.clone();
+        h.opts.quiet = quiet;
+        h
+    }
+
     pub fn options(&self) -> &HubOptions {
         &self.opts
     }
