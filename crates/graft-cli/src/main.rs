@@ -695,13 +695,8 @@ fn download(
         println!("{}", hub.snapshot(&repo)?.display());
         return Ok(());
     }
-    // One commit for all files, even if the branch moves meanwhile.
-    let pinned = match (hub.options().offline, repo.is_commit()) {
-        (false, false) => repo.at(&hub.info(&repo)?.commit)?,
-        _ => repo.clone(),
-    };
     for f in files {
-        println!("{}", hub.download(&pinned, f)?.display());
+        println!("{}", hub.download(&repo, f)?.display());
     }
     Ok(())
 }
