@@ -298,7 +298,9 @@ impl Hub {
                         .header("x-repo-commit")
                         .filter(|c| crate::repo::is_commit_hash(c))
                     {
+                        // As huggingface_hub does: the marker is only found through the ref.
                         self.cache.mark_missing(repo, c, path);
+                        let _ = self.cache.write_ref(repo, c);
                     }
                 }
                 return Err(self.status_error(repo, Some(path), a));
@@ -539,6 +541,7 @@ impl Hub {
                 _ => return Err(self.status_error(repo, Some(path), a)),
             }
             let mut reader = a.body.with_config().limit(u64::MAX).reader();
+            let mut broke = false;
             loop {
                 let n = match reader.read(&mut buf) {
                     Ok(0) => break,
@@ -546,6 +549,7 @@ impl Hub {
                     Err(e) => {
                         last_error = e.to_string();
                         failures += 1;
+                        broke = true;
                         break;
                     }
                 };
@@ -568,7 +572,8 @@ impl Hub {
                     total: meta.size,
                 });
             }
-            if have < meta.size && last_error.is_empty() {
+            // A body that ended cleanly but short counts as a failure too.
+            if have < meta.size && !broke {
                 last_error = "the connection closed early".into();
                 failures += 1;
             }

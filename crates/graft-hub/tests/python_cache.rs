@@ -150,7 +150,11 @@ fn pythons_blobs_are_reused_online_and_graft_lays_out_files_as_python_does() {
     let repo_dir = fresh.path().join("models--graft-test--tiny-adapter");
     for (name, commit) in m["refs"].as_object().unwrap() {
         let got = std::fs::read_to_string(repo_dir.join("refs").join(name)).unwrap();
-        assert_eq!(got, commit.as_str().unwrap(), "refs/{name}: no newline, as Python writes it");
+        assert_eq!(
+            got,
+            commit.as_str().unwrap(),
+            "refs/{name}: no newline, as Python writes it"
+        );
     }
     let python_blobs = fixtures().join("hf-cache/hub/models--graft-test--tiny-adapter/blobs");
     assert_eq!(names_in(&repo_dir.join("blobs")), names_in(&python_blobs));
