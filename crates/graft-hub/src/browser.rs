@@ -314,7 +314,13 @@ impl BrowserHub {
                 what: format!("`{path}` is {size} bytes, more than a browser can hold"),
             });
         }
-        let mut out: Vec<u8> = Vec::with_capacity(size as usize);
+        let mut out: Vec<u8> = Vec::new();
+        // Reserve fallibly: a failed allocation must be an error, not an abort of the module.
+        out.try_reserve_exact(size as usize)
+            .map_err(|_| Error::Files {
+                repo: repo.to_string(),
+                what: format!("`{path}` ({size} bytes) does not fit in this page's memory"),
+            })?;
         let mut hasher = Hasher::new(expected.clone(), size);
         let mut failures = 0;
         self.emit(Progress::Start {
