@@ -188,3 +188,36 @@ fn load_adapter_with_revision_token_and_subfolder() {
         .filter(|r| r.origin == graft_hub_server::Origin::Cdn)
         .all(|r| r.authorization.is_none()));
 }
+
+#[test]
+fn a_sharded_base_named_by_an_adapter_repo_is_fetched_shard_by_shard() {
+    let env = Env::new();
+    let base = env.repo("graft-test/tiny-llama-tied", "main", None);
+    let src = fixtures().join("models/llama-tied");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let name = e.unwrap().file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with("model") || n == "config.json" {
+            std::fs::copy(src.join(&name), base.join(&name)).unwrap();
+        }
+    }
+    let ad = env.repo("graft-test/tied-lora", "main", None);
+    put_adapter(&ad, "tied_lora", "graft-test/tiny-llama-tied");
+    let hub = env.hub();
+    let m = Model::from_pretrained_hub(&hub, "graft-test/tied-lora", None, &OpenOptions::default())
+        .unwrap();
+    let (tokens, want) = case("tied_lora");
+    assert_close(
+        "sharded base over the Hub",
+        &m.logits(&tokens).unwrap(),
+        &want["on"].tensor,
+        1e-4,
+    );
+    let shards = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("model-0000"))
+        .count();
+    assert_eq!(shards, 3, "each of the index's shards is fetched once");
+}
