@@ -293,14 +293,16 @@ impl AdapterRegistry {
         })
     }
 
-    /// `save_pretrained(dir)`: every adapter (or the named ones) as PEFT writes them —
-    /// `default` at the top, other names in a subfolder named after the adapter.
-    pub fn save_pretrained(
+    /// The files `save_pretrained` writes, in memory: `(relative path, bytes)` pairs,
+    /// `adapter_config.json` then `adapter_model.safetensors` for each adapter — `default` at
+    /// the top, other names in a subfolder named after the adapter (`name/adapter_config.json`;
+    /// paths always use `/`). Adapter names are validated at insertion, so a relative path
+    /// never leaves the folder it is written under.
+    pub fn adapter_files(
         &self,
-        dir: &Path,
         names: Option<&[&str]>,
         base_model_name_or_path: Option<&str>,
-    ) -> Result<Vec<std::path::PathBuf>> {
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         self.require_any()?;
         let selected: Vec<&Adapter> = match names {
             None => self.adapters.iter().collect(),
@@ -309,13 +311,12 @@ impl AdapterRegistry {
                 .map(|n| self.resolve(Some(n)))
                 .collect::<Result<Vec<_>>>()?,
         };
-        // Build every file in memory first, so a failure writes nothing.
         let mut files = Vec::new();
         for a in selected {
-            let sub = if a.name == "default" {
-                dir.to_path_buf()
+            let prefix = if a.name == "default" {
+                String::new()
             } else {
-                dir.join(&a.name)
+                format!("{}/", a.name)
             };
             let mut cfg = a.config.clone();
             if let Some(b) = base_model_name_or_path {
@@ -345,20 +346,42 @@ impl AdapterRegistry {
                 tensors.insert(format!("{PEFT_PREFIX}{k}"), t.clone());
             }
             let bytes = serialize_safetensors(&tensors)?;
-            files.push((sub, cfg.to_json_string(), bytes));
+            files.push((
+                format!("{prefix}adapter_config.json"),
+                cfg.to_json_string().into_bytes(),
+            ));
+            files.push((format!("{prefix}adapter_model.safetensors"), bytes));
         }
-        let mut written = Vec::new();
-        for (sub, cfg, bytes) in files {
+        Ok(files)
+    }
+
+    /// `save_pretrained(dir)`: every adapter (or the named ones) as PEFT writes them —
+    /// `default` at the top, other names in a subfolder named after the adapter. Writes the
+    /// files of [`AdapterRegistry::adapter_files`]; returns the folder of each adapter.
+    pub fn save_pretrained(
+        &self,
+        dir: &Path,
+        names: Option<&[&str]>,
+        base_model_name_or_path: Option<&str>,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        // Build every file in memory first, so a failure writes nothing.
+        let files = self.adapter_files(names, base_model_name_or_path)?;
+        let mut written: Vec<std::path::PathBuf> = Vec::new();
+        for (rel, bytes) in files {
             let io = |p: &Path| {
                 let p = p.to_path_buf();
                 move |source| Error::Io { path: p, source }
             };
-            std::fs::create_dir_all(&sub).map_err(io(&sub))?;
-            let cp = sub.join("adapter_config.json");
-            std::fs::write(&cp, cfg).map_err(io(&cp))?;
-            let wp = sub.join("adapter_model.safetensors");
-            std::fs::write(&wp, bytes).map_err(io(&wp))?;
-            written.push(sub);
+            let (sub, file) = match rel.rsplit_once('/') {
+                Some((sub, file)) => (dir.join(sub), file),
+                None => (dir.to_path_buf(), rel.as_str()),
+            };
+            if written.last() != Some(&sub) {
+                std::fs::create_dir_all(&sub).map_err(io(&sub))?;
+                written.push(sub.clone());
+            }
+            let p = sub.join(file);
+            std::fs::write(&p, bytes).map_err(io(&p))?;
         }
         Ok(written)
     }

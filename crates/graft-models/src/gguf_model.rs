@@ -24,10 +24,25 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// Reads a `.gguf` file (at most [`MAX_FILE_SIZE`] bytes) and parses its header.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = read_file(path, MAX_FILE_SIZE)?;
-        let header =
-            Gguf::parse(&bytes).map_err(|e| Error::Gguf(format!("{}: {e}", path.display())))?;
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// Parses the header of GGUF bytes held in memory, keeping the bytes (moved, not copied)
+    /// for the weights to point into. `label` names the file in error messages.
+    pub fn from_bytes(bytes: Vec<u8>, label: &str) -> Result<Self> {
+        let size = bytes.len() as u64;
+        if size > MAX_FILE_SIZE {
+            return Err(graft_core::Error::FileTooLarge {
+                path: label.into(),
+                size,
+                limit: MAX_FILE_SIZE,
+            }
+            .into());
+        }
+        let header = Gguf::parse(&bytes).map_err(|e| Error::Gguf(format!("{label}: {e}")))?;
         Ok(GgufFile {
             bytes: Arc::new(bytes),
             header,

@@ -23,5 +23,5 @@ pub mod weights;
 
 pub use attention::KvCache;
 pub use error::{Error, Result};
-pub use model::{LoadAdapterOptions, Model, OpenOptions};
+pub use model::{LoadAdapterOptions, Model, OpenOptions, Threading};
 pub use sampling::Sampling;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use graft_core::adapter::WeightMatrix;
 use graft_core::config::AdapterConfig;
-use graft_core::files::{is_adapter_dir, read_adapter_config, read_adapter_dir};
+use graft_core::files::{is_adapter_dir, parse_adapter, read_adapter_config, read_adapter_dir};
 use graft_core::inject::{build_adapter, InjectOptions, LoadReport};
-use graft_core::tensors::{read_file, LoadedTensor};
+use graft_core::tensors::{read_file, LoadedTensor, MAX_FILE_SIZE};
 use graft_core::AdapterRegistry;
 use serde_json::Value;
 
@@ -50,6 +50,36 @@ pub struct OpenOptions {
     pub quantize: Option<graft_quant::QType>,
 }
 
+/// Where a model's forward passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threading {
+    /// A rayon pool of the model's own, one thread per core (`RAYON_NUM_THREADS` is honoured).
+    /// Where threads cannot be started — always on wasm32 — the model runs on the calling
+    /// thread instead ([`Threading::CallingThread`]).
+    #[default]
+    Pool,
+    /// The calling thread; no pool is built. The few data-parallel loops inside a forward pass
+    /// use rayon's current pool: the global one natively, and on wasm32 (where rayon's global
+    /// pool is the calling thread alone, since it cannot spawn) the calling thread.
+    CallingThread,
+}
+
+/// The worker pool for `threading`, or `None` (the calling thread) on wasm32 or when the
+/// threads cannot be started.
+fn worker_pool(threading: Threading) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    if cfg!(target_arch = "wasm32") || threading == Threading::CallingThread {
+        return None;
+    }
+    // RAYON_NUM_THREADS is honoured by the builder; default: one thread per core.
+    rayon::ThreadPoolBuilder::new()
+        .build()
+        .ok()
+        .map(std::sync::Arc::new)
+}
+
+/// Largest `config.json` accepted.
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
 /// A base model and the adapters on it.
 pub struct Model {
     arch: Arch,
@@ -68,14 +98,28 @@ pub struct Model {
     /// Modules that `--quantize` left in f32 because their shape does not fit the blocks.
     pub kept_dense: Vec<String>,
     /// The threads matmuls split rows across. A forward pass runs on one of them, so that the
-    /// ~200 matmuls of a decode step do not each pay a cross-thread wake-up.
-    pool: std::sync::Arc<rayon::ThreadPool>,
+    /// ~200 matmuls of a decode step do not each pay a cross-thread wake-up. `None`: forward
+    /// passes run on the calling thread (wasm32, or threads could not be started).
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let bytes = read_file(path, 16 << 20)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::BadModelConfig(format!("{}: {e}", path.display())))
+    let bytes = read_file(path, MAX_CONFIG_SIZE)?;
+    parse_json(&bytes, &path.display().to_string())
+}
+
+/// Parses a JSON config of at most [`MAX_CONFIG_SIZE`] bytes.
+fn parse_json(bytes: &[u8], label: &str) -> Result<Value> {
+    let size = bytes.len() as u64;
+    if size > MAX_CONFIG_SIZE {
+        return Err(graft_core::Error::FileTooLarge {
+            path: label.into(),
+            size,
+            limit: MAX_CONFIG_SIZE,
+        }
+        .into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::BadModelConfig(format!("{label}: {e}")))
 }
 
 impl Model {
@@ -93,14 +137,8 @@ impl Model {
                         .into(),
                 ));
             }
-            let file = crate::gguf_model::GgufFile::open(path)?;
-            let cfg = crate::gguf_model::llama_config(&file.header)?;
-            let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
-            let bytes = file.bytes.clone();
-            drop(file); // the parsed metadata (~100k vocabulary strings) is not kept
-            let mut m = Self::from_parts(&cfg, &weights, path.display().to_string(), None)?;
-            m.gguf_file = Some(bytes);
-            return Ok(m);
+            let bytes = read_file(path, MAX_FILE_SIZE)?;
+            return Self::from_gguf_bytes(bytes, &path.display().to_string());
         }
         let cfg_path = path.join("config.json");
         if !cfg_path.is_file() {
@@ -111,6 +149,38 @@ impl Model {
         let cfg = read_json(&cfg_path)?;
         let weights = WeightStore::open(path)?;
         Self::from_parts(&cfg, &weights, path.display().to_string(), opts.quantize)
+    }
+
+    /// A Llama-family model from the bytes of a `.gguf` file (at most 64 GiB), as
+    /// [`Model::open_base`] opens the file. The bytes are kept, not copied: the quantized
+    /// weights point into them. `name_or_path` is recorded as the model's `name_or_path` and
+    /// names the file in errors.
+    pub fn from_gguf_bytes(bytes: Vec<u8>, name_or_path: &str) -> Result<Self> {
+        let file = crate::gguf_model::GgufFile::from_bytes(bytes, name_or_path)?;
+        let cfg = crate::gguf_model::llama_config(&file.header)?;
+        let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
+        let bytes = file.bytes.clone();
+        drop(file); // the parsed metadata (~100k vocabulary strings) is not kept
+        let mut m = Self::from_parts(&cfg, &weights, name_or_path.to_string(), None)?;
+        m.gguf_file = Some(bytes);
+        Ok(m)
+    }
+
+    /// A Hugging Face model from the bytes of its files, as [`Model::open_base_with`] opens a
+    /// model folder: `config_json` is `config.json` (at most 16 MiB); `weight_files` are
+    /// `(file name, bytes)` pairs — `model.safetensors`, or the shards, with or without
+    /// `model.safetensors.index.json` (with it, the shards it names must all be there; without
+    /// it, every `*.safetensors` file given is a shard). See
+    /// [`WeightStore::from_safetensors_bytes`].
+    pub fn from_safetensors_bytes(
+        config_json: &[u8],
+        weight_files: Vec<(String, Vec<u8>)>,
+        name_or_path: &str,
+        opts: &OpenOptions,
+    ) -> Result<Self> {
+        let cfg = parse_json(config_json, &format!("{name_or_path}/config.json"))?;
+        let weights = WeightStore::from_safetensors_bytes(weight_files, name_or_path)?;
+        Self::from_parts(&cfg, &weights, name_or_path.to_string(), opts.quantize)
     }
 
     /// Builds a model from a parsed `config.json` and its weights.
@@ -142,10 +212,6 @@ impl Model {
         };
         let registry = AdapterRegistry::new(table.inventory.clone());
         let kept_dense = table.kept_dense.clone();
-        // RAYON_NUM_THREADS is honoured by the builder; default: one thread per core.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .build()
-            .map_err(|e| Error::BaseModel(format!("cannot start worker threads: {e}")))?;
         Ok(Model {
             arch,
             table,
@@ -156,8 +222,22 @@ impl Model {
             gguf_file: None,
             config: cfg.clone(),
             kept_dense,
-            pool: std::sync::Arc::new(pool),
+            pool: worker_pool(Threading::Pool),
         })
+    }
+
+    /// Chooses where forward passes run (see [`Threading`]); a [`Threading::Pool`] that cannot
+    /// start its threads (or any on wasm32) is the calling thread.
+    pub fn set_threading(&mut self, threading: Threading) {
+        self.pool = worker_pool(threading);
+    }
+
+    /// Where forward passes run now.
+    pub fn threading(&self) -> Threading {
+        match self.pool {
+            Some(_) => Threading::Pool,
+            None => Threading::CallingThread,
+        }
     }
 
     /// `AutoModelForCausalLM.from_pretrained(path)`: a model folder, or an adapter folder whose
@@ -206,6 +286,25 @@ impl Model {
     pub fn load_adapter(&mut self, path: &Path, opts: LoadAdapterOptions) -> Result<LoadReport> {
         let files = read_adapter_dir(path, opts.subfolder.as_deref())?;
         self.load_adapter_from_state(files.config, files.tensors, opts)
+    }
+
+    /// `load_adapter` from the bytes of `adapter_config.json` and `adapter_model.safetensors`,
+    /// validated exactly as the files of an adapter folder are
+    /// ([`graft_core::files::parse_adapter`]). `opts.subfolder` does not apply (there is no
+    /// folder) and is refused when set.
+    pub fn load_adapter_from_bytes(
+        &mut self,
+        config_json: &[u8],
+        weights: &[u8],
+        opts: LoadAdapterOptions,
+    ) -> Result<LoadReport> {
+        if let Some(sub) = &opts.subfolder {
+            return Err(Error::BaseModel(format!(
+                "subfolder `{sub}` does not apply to an adapter given as bytes; pass that subfolder's files"
+            )));
+        }
+        let (config, tensors) = parse_adapter(config_json, weights, "adapter_model.safetensors")?;
+        self.load_adapter_from_state(config, tensors, opts)
     }
 
     /// `load_adapter(peft_config=…, adapter_state_dict=…)`: from memory.
@@ -320,11 +419,22 @@ impl Model {
         Ok(self.registry.delete_adapter(names)?)
     }
 
-    /// `save_pretrained(dir)`: the adapters, as PEFT writes them.
+    /// `save_pretrained(dir)`: the adapters, as PEFT writes them — the files of
+    /// [`Model::adapter_files_bytes`], written under `dir`. Returns each adapter's folder.
     pub fn save_pretrained(&self, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
         Ok(self
             .registry
             .save_pretrained(dir, names, Some(&self.name_or_path))?)
+    }
+
+    /// What [`Model::save_pretrained`] writes, in memory: `(relative path, bytes)` pairs,
+    /// `adapter_config.json` then `adapter_model.safetensors` for each adapter (all, or
+    /// `names`) — `default` at the top, any other name in a subfolder of that name
+    /// (`"name/adapter_config.json"`, always with `/`), as PEFT lays them out.
+    pub fn adapter_files_bytes(&self, names: Option<&[&str]>) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .registry
+            .adapter_files(names, Some(&self.name_or_path))?)
     }
 
     fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<Tensor> {
@@ -364,8 +474,10 @@ impl Model {
         cache: &mut KvCache,
         last_only: bool,
     ) -> Result<Tensor> {
-        self.pool
-            .install(|| self.forward_here(tokens, cache, last_only))
+        match &self.pool {
+            Some(pool) => pool.install(|| self.forward_here(tokens, cache, last_only)),
+            None => self.forward_here(tokens, cache, last_only),
+        }
     }
 
     fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {

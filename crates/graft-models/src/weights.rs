@@ -6,10 +6,41 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::base::Weight;
-use graft_core::tensors::{load_safetensors, read_file};
+use graft_core::tensors::{parse_safetensors, read_file, MAX_FILE_SIZE};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+/// The single-file checkpoint.
+const SINGLE: &str = "model.safetensors";
+/// The index of a sharded checkpoint.
+const INDEX: &str = "model.safetensors.index.json";
+/// Largest index accepted.
+const MAX_INDEX_SIZE: u64 = 64 << 20;
+
+/// The shard file names that a `model.safetensors.index.json` names (sorted, each once).
+fn shard_names(index: &[u8], label: &str) -> Result<BTreeSet<String>> {
+    let v: Value = serde_json::from_slice(index)
+        .map_err(|e| Error::BadModelConfig(format!("{label}: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::BadModelConfig(format!("{label}: no `weight_map` object")))?;
+    let mut shards = BTreeSet::new();
+    for f in map.values() {
+        let f = f
+            .as_str()
+            .ok_or_else(|| Error::BadModelConfig("weight_map values must be file names".into()))?;
+        // The index is input too: shard names must stay inside the folder.
+        if f.contains('/') || f.contains('\\') || f.starts_with('.') || f.is_empty() {
+            return Err(Error::BadModelConfig(format!(
+                "shard name `{f}` is not a plain file name"
+            )));
+        }
+        shards.insert(f.to_string());
+    }
+    Ok(shards)
+}
 
 /// All tensors of a model, f32 on the CPU, by checkpoint name.
 pub struct WeightStore {
@@ -21,53 +52,117 @@ impl WeightStore {
         WeightStore { tensors }
     }
 
-    /// Reads a model folder's safetensors (single file or shards).
+    /// Reads a model folder's safetensors: `model.safetensors`, else the shards that
+    /// `model.safetensors.index.json` names (one shard in memory at a time).
     pub fn open(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let mut tensors = HashMap::new();
+        let single = dir.join(SINGLE);
+        let index = dir.join(INDEX);
+        let read = |name: &str| -> Result<(String, Vec<u8>)> {
+            let p = dir.join(name);
+            Ok((p.display().to_string(), read_file(&p, MAX_FILE_SIZE)?))
+        };
         if single.is_file() {
-            for (k, t) in load_safetensors(&single)? {
-                tensors.insert(k, Weight::Dense(t.tensor));
-            }
+            Self::load([SINGLE.to_string()], read)
         } else if index.is_file() {
-            let bytes = read_file(&index, 64 << 20)?;
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::BadModelConfig(format!("{}: {e}", index.display())))?;
-            let map = v
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    Error::BadModelConfig(format!("{}: no `weight_map` object", index.display()))
-                })?;
-            let mut shards = BTreeSet::new();
-            for f in map.values() {
-                let f = f.as_str().ok_or_else(|| {
-                    Error::BadModelConfig("weight_map values must be file names".into())
-                })?;
-                // The index is input too: shard names must stay inside the folder.
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') || f.is_empty() {
-                    return Err(Error::BadModelConfig(format!(
-                        "shard name `{f}` is not a plain file name"
-                    )));
-                }
-                shards.insert(f.to_string());
-            }
-            for s in shards {
-                for (k, t) in load_safetensors(&dir.join(&s))? {
-                    tensors.insert(k, Weight::Dense(t.tensor));
-                }
-            }
+            let bytes = read_file(&index, MAX_INDEX_SIZE)?;
+            let shards = shard_names(&bytes, &index.display().to_string())?;
+            Self::load(shards, read)
         } else {
             let hint = if dir.join("pytorch_model.bin").is_file() {
                 ": only pytorch_model.bin (a pickle) is there; graft never executes pickles — convert it to safetensors".to_string()
             } else {
                 String::new()
             };
-            return Err(Error::NoWeights {
+            Err(Error::NoWeights {
                 dir: dir.display().to_string(),
                 hint,
+            })
+        }
+    }
+
+    /// A model's safetensors from memory, as `(file name, bytes)` pairs — the files of a model
+    /// folder, chosen as [`WeightStore::open`] chooses them:
+    ///
+    /// - `model.safetensors` when it is among the files (anything else is then ignored);
+    /// - else, when `model.safetensors.index.json` is among them, the shards its `weight_map`
+    ///   names — each must be among the files (others are ignored);
+    /// - else every `*.safetensors` file, as the shards of one model.
+    ///
+    /// Each shard's bytes are dropped as soon as its tensors are built. `label` (the model's
+    /// name) names the model in errors.
+    pub fn from_safetensors_bytes(files: Vec<(String, Vec<u8>)>, label: &str) -> Result<Self> {
+        let mut by_name: HashMap<String, Vec<u8>> = HashMap::with_capacity(files.len());
+        for (name, bytes) in files {
+            if by_name.contains_key(&name) {
+                return Err(Error::BadModelConfig(format!(
+                    "weight file `{name}` was given twice"
+                )));
+            }
+            by_name.insert(name, bytes);
+        }
+        let names: BTreeSet<String> = if by_name.contains_key(SINGLE) {
+            BTreeSet::from([SINGLE.to_string()])
+        } else if let Some(index) = by_name.get(INDEX) {
+            let limit = MAX_INDEX_SIZE;
+            if index.len() as u64 > limit {
+                return Err(graft_core::Error::FileTooLarge {
+                    path: INDEX.into(),
+                    size: index.len() as u64,
+                    limit,
+                }
+                .into());
+            }
+            let shards = shard_names(index, INDEX)?;
+            if let Some(missing) = shards.iter().find(|s| !by_name.contains_key(*s)) {
+                return Err(Error::NoWeights {
+                    dir: label.into(),
+                    hint: format!(": shard `{missing}`, named by {INDEX}, was not given"),
+                });
+            }
+            shards
+        } else {
+            by_name
+                .keys()
+                .filter(|n| n.ends_with(".safetensors"))
+                .cloned()
+                .collect()
+        };
+        if names.is_empty() {
+            return Err(Error::NoWeights {
+                dir: label.into(),
+                hint: String::new(),
             });
+        }
+        Self::load(names, |name| {
+            let bytes = by_name.remove(name).ok_or_else(|| Error::NoWeights {
+                dir: label.into(),
+                hint: format!(": `{name}` was not given"),
+            })?;
+            let limit = MAX_FILE_SIZE;
+            if bytes.len() as u64 > limit {
+                return Err(graft_core::Error::FileTooLarge {
+                    path: name.into(),
+                    size: bytes.len() as u64,
+                    limit,
+                }
+                .into());
+            }
+            Ok((name.to_string(), bytes))
+        })
+    }
+
+    /// Parses the named safetensors files in order, fetching each (label, bytes) only when it
+    /// is its turn, so that one file's bytes are in memory at a time.
+    fn load(
+        names: impl IntoIterator<Item = String>,
+        mut fetch: impl FnMut(&str) -> Result<(String, Vec<u8>)>,
+    ) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for name in names {
+            let (label, bytes) = fetch(&name)?;
+            for (k, t) in parse_safetensors(&label, &bytes)? {
+                tensors.insert(k, Weight::Dense(t.tensor));
+            }
         }
         Ok(WeightStore { tensors })
     }

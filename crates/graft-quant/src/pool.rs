@@ -5,6 +5,12 @@
 //! helper threads spin on an atomic epoch between jobs (parking only after a quiet spell), as
 //! llama.cpp's threads do. Jobs own their data (`Arc`s), so no lifetimes cross threads and no
 //! `unsafe` is needed.
+//!
+//! Without threads the pool is the caller alone: on wasm32 no helper is ever spawned, and
+//! where `thread::Builder::spawn` fails the pool keeps the helpers it got (possibly none) and
+//! the caller runs the remaining parts. With no helpers [`SpinPool::run`] just calls the job
+//! inline, so the helpers' clock (`Instant`, which panics on wasm32-unknown-unknown) is never
+//! read there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,8 +40,14 @@ pub struct SpinPool {
 const SPIN_FOR: Duration = Duration::from_millis(3);
 
 impl SpinPool {
-    /// A pool with `parts − 1` helper threads.
+    /// A pool with `parts − 1` helper threads (none on wasm32, fewer if spawning fails).
     pub fn new(parts: usize) -> Self {
+        // No threads in the browser: the caller runs every part.
+        let parts = if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            parts
+        };
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -62,10 +74,13 @@ impl SpinPool {
         }
     }
 
-    /// The shared pool, one part per core.
+    /// The shared pool, one part per core (`GRAFT_THREADS` overrides; one part on wasm32).
     pub fn global() -> &'static SpinPool {
         static POOL: OnceLock<SpinPool> = OnceLock::new();
         POOL.get_or_init(|| {
+            if cfg!(target_arch = "wasm32") {
+                return SpinPool::new(1);
+            }
             let n = std::env::var("GRAFT_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -173,5 +188,23 @@ mod tests {
         for h in hits.iter() {
             assert_eq!(h.load(Ordering::Relaxed), 1000);
         }
+    }
+
+    #[test]
+    fn a_pool_of_one_runs_inline() {
+        let pool = SpinPool::new(1);
+        assert_eq!(pool.parts(), 1);
+        assert!(pool.handles.is_empty());
+        let caller = std::thread::current().id();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        pool.run(Arc::new(move |p| {
+            assert_eq!(p, 0);
+            assert_eq!(std::thread::current().id(), caller);
+            r.fetch_add(1, Ordering::Relaxed);
+        }));
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        // Zero parts asked for is one part, not a panic.
+        assert_eq!(SpinPool::new(0).parts(), 1);
     }
 }

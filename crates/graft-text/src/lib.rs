@@ -61,6 +61,26 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
 }
 
+/// Largest `tokenizer.json` accepted (real ones are a few MB).
+const MAX_TOKENIZER_JSON: u64 = 256 << 20;
+/// Largest `tokenizer_config.json` read (real ones are a few KB, a few hundred with templates).
+const MAX_TOKENIZER_CONFIG: u64 = 16 << 20;
+
+/// Reads a file of at most `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > limit {
+        return Err(std::io::Error::other(format!(
+            "{size} bytes, more than the limit of {limit}"
+        )));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    file.take(limit).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 fn terr(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
@@ -183,12 +203,31 @@ impl Tokenizer {
     }
 
     /// From a Hugging Face model folder: `tokenizer.json`, and `tokenizer_config.json` for the
-    /// chat template and special tokens when present.
+    /// chat template and special tokens when present (a missing or unreadable
+    /// `tokenizer_config.json` counts as absent). Reads the files and calls
+    /// [`Tokenizer::from_bytes`].
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(terr)?;
-        let cfg: Value = std::fs::read(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let path = dir.join("tokenizer.json");
+        let json = read_bounded(&path, MAX_TOKENIZER_JSON)
+            .map_err(|e| terr(format!("{}: {e}", path.display())))?;
+        let cfg = read_bounded(&dir.join("tokenizer_config.json"), MAX_TOKENIZER_CONFIG).ok();
+        Self::from_bytes(&json, cfg.as_deref())
+    }
+
+    /// From the bytes of `tokenizer.json` and, when there is one, `tokenizer_config.json`
+    /// (chat template and special tokens). A `tokenizer_config.json` that is not valid JSON is
+    /// ignored, as [`Tokenizer::from_dir`] ignores it; an invalid `tokenizer.json` is an error.
+    pub fn from_bytes(tokenizer_json: &[u8], tokenizer_config_json: Option<&[u8]>) -> Result<Self> {
+        if tokenizer_json.len() as u64 > MAX_TOKENIZER_JSON {
+            return Err(terr(format!(
+                "tokenizer.json is {} bytes, more than the limit of {MAX_TOKENIZER_JSON}",
+                tokenizer_json.len()
+            )));
+        }
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(terr)?;
+        let cfg: Value = tokenizer_config_json
+            .filter(|b| b.len() as u64 <= MAX_TOKENIZER_CONFIG)
+            .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or(Value::Null);
         let token_str = |k: &str| -> Option<String> {
             match cfg.get(k)? {
