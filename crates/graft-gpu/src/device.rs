@@ -49,17 +49,82 @@ pub fn naga_capabilities() -> u32 {
     0
 }
 
+/// What the kernels need beyond WebGPU's downlevel defaults: 256 threads per workgroup (in x)
+/// and eight storage bindings per stage (the linear kernel has seven). Both equal WebGPU's
+/// defaults, so every WebGPU adapter has them; a native downlevel adapter may not. Workgroup
+/// memory stays at the downlevel 16352 bytes (the linear kernel's reduction takes about 8 KiB).
+fn kernel_limits() -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 8,
+        max_compute_invocations_per_workgroup: 256,
+        max_compute_workgroup_size_x: 256,
+        ..wgpu::Limits::downlevel_defaults()
+    }
+}
+
 /// Limits graft asks for: the adapter's own storage-buffer sizes (a 135M model's f32 embedding
-/// is 113 MB) and WebGPU's defaults for the rest.
-fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    let mut l = wgpu::Limits::downlevel_defaults();
+/// is 113 MB), [`kernel_limits`] for what the kernels use, and WebGPU's downlevel defaults for
+/// the rest, each clamped to the adapter's (WebGPU's `requestDevice` rejects any limit better
+/// than the adapter's; one worse than the default is raised to the default).
+fn wanted_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
+    let need = kernel_limits();
+    let mut short = Vec::new();
+    for (name, want, have) in [
+        (
+            "max_storage_buffers_per_shader_stage",
+            need.max_storage_buffers_per_shader_stage,
+            adapter.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            need.max_compute_workgroup_storage_size,
+            adapter.max_compute_workgroup_storage_size,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            need.max_compute_invocations_per_workgroup,
+            adapter.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            need.max_compute_workgroup_size_x,
+            adapter.max_compute_workgroup_size_x,
+        ),
+    ] {
+        if have < want {
+            short.push(format!("{name} = {want} (the adapter allows {have})"));
+        }
+    }
+    if !short.is_empty() {
+        return Err(Error::RequestDevice(format!(
+            "graft's kernels need {}",
+            short.join(", ")
+        )));
+    }
+    let mut l = need.or_worse_values_from(adapter);
     l.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size;
     l.max_buffer_size = adapter.max_buffer_size;
-    l.max_storage_buffers_per_shader_stage = 8.max(l.max_storage_buffers_per_shader_stage);
-    l.max_compute_workgroup_storage_size = 16384;
-    l.max_compute_invocations_per_workgroup = 256;
-    l.max_compute_workgroup_size_x = 256;
-    l
+    Ok(l)
+}
+
+/// A CPU pretending to be a GPU: wgpu reports a software adapter as [`wgpu::DeviceType::Cpu`]
+/// (natively from the driver; on the `webgpu` backend from `GPUAdapterInfo.isFallbackAdapter`,
+/// which Chrome sets for SwiftShader). Browsers without that attribute, or drivers that call
+/// themselves something else, are recognised by name.
+pub fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return true;
+    }
+    let name = info.name.to_ascii_lowercase();
+    [
+        "swiftshader",
+        "llvmpipe",
+        "lavapipe",
+        "softpipe",
+        "microsoft basic render",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
 }
 
 impl Gpu {
@@ -78,7 +143,7 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
-        let mut limits = wanted_limits(&adapter.limits());
+        let mut limits = wanted_limits(&adapter.limits())?;
         if let Some(m) = opts.max_binding {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(u64::from(m));
@@ -96,11 +161,11 @@ impl Gpu {
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
         let i = adapter.get_info();
         let info = GpuInfo {
+            is_software: is_software_adapter(&i),
             name: i.name,
             backend: format!("{:?}", i.backend),
             driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
             device_type: format!("{:?}", i.device_type),
-            is_software: i.device_type == wgpu::DeviceType::Cpu,
         };
         Ok(Gpu::from_device(device, queue, info))
     }
@@ -178,7 +243,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// Waits for all submitted work (native; a no-op in the browser, where mapping awaits).
+    /// Waits for all submitted work (native only: the browser cannot block; read back with
+    /// [`crate::map_read`], which awaits there).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

@@ -11,8 +11,10 @@ pub mod error;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod readback;
 pub mod weights;
 
 pub use device::{Gpu, GpuInfo, GpuOptions};
 pub use error::{Error, Result};
 pub use model::{GpuModel, GpuModelOptions, GpuStats};
+pub use readback::map_read;

@@ -18,6 +18,7 @@ use wgpu::util::DeviceExt;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kernels::*;
+use crate::readback::map_read;
 use crate::weights::{storage, storage_f32, GpuWeight, Packed};
 
 /// Rows of a linear dispatch per workgroup and threads per workgroup.
@@ -1406,7 +1407,11 @@ impl GpuModel {
         Ok(key)
     }
 
-    fn submit(&mut self, key: &PlanKey, read: Option<(&wgpu::Buffer, u64)>) -> Result<Vec<u8>> {
+    async fn submit(
+        &mut self,
+        key: &PlanKey,
+        read: Option<(&wgpu::Buffer, u64)>,
+    ) -> Result<Vec<u8>> {
         let mut enc = self
             .gpu
             .device
@@ -1430,7 +1435,7 @@ impl GpuModel {
             };
             enc.copy_buffer_to_buffer(src, 0, &rb, 0, need);
         }
-        self.gpu.queue.submit([enc.finish()]);
+        let idx = self.gpu.queue.submit([enc.finish()]);
         self.stats.submits += 1;
         self.stats.dispatches += d as u64;
         if bytes == 0 {
@@ -1440,12 +1445,25 @@ impl GpuModel {
         let Some((rb, _)) = &self.readback else {
             return Err(Error::Readback("no readback buffer".into()));
         };
-        read_mapped(&self.gpu, rb, bytes)
+        map_read(&self.gpu, rb, bytes, Some(idx)).await
     }
 
     /// Logits (n, vocab) of `tokens` after what the cache holds (the last position's only
-    /// with `last_only`), appending them to the cache.
+    /// with `last_only`), appending them to the cache. Blocks on the device (native only; see
+    /// [`GpuModel::forward_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward(&mut self, model: &Model, tokens: &[u32], last_only: bool) -> Result<Tensor> {
+        pollster::block_on(self.forward_async(model, tokens, last_only))
+    }
+
+    /// [`GpuModel::forward`] as a future: awaits each read-back instead of blocking, so it runs
+    /// in the browser (WebGPU) as well as under any executor natively.
+    pub async fn forward_async(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        last_only: bool,
+    ) -> Result<Tensor> {
         self.sync(model)?;
         self.check_tokens(model, tokens)?;
         let v = self.dims.vocab;
@@ -1458,7 +1476,9 @@ impl GpuModel {
             let rows = if last { 1 } else { c.len() };
             let logits = self.act(B::Logits).clone();
             let need_read = !last_only || i + 1 == nchunks;
-            let bytes = self.submit(&key, need_read.then_some((&logits, (rows * v * 4) as u64)))?;
+            let bytes = self
+                .submit(&key, need_read.then_some((&logits, (rows * v * 4) as u64)))
+                .await?;
             self.len += c.len();
             if need_read {
                 out.extend_from_slice(bytemuck::cast_slice(&bytes[..rows * v * 4]));
@@ -1470,8 +1490,31 @@ impl GpuModel {
 
     /// Generation on the GPU: the prompt in chunks, then one submit per token that reads back
     /// only the chosen id. Greedy and plain temperature sampling run on the GPU; top-k/top-p
-    /// read the last logits back and sample on the CPU.
+    /// read the last logits back and sample on the CPU. Blocks on the device (native only; see
+    /// [`GpuModel::generate_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        eos: &[u32],
+        sampling: &Sampling,
+        on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        pollster::block_on(self.generate_async(
+            model,
+            prompt,
+            max_new_tokens,
+            eos,
+            sampling,
+            on_token,
+        ))
+    }
+
+    /// [`GpuModel::generate`] as a future: awaits each read-back instead of blocking (in the
+    /// browser, `on_token` is called between returns to the event loop).
+    pub async fn generate_async(
         &mut self,
         model: &Model,
         prompt: &[u32],
@@ -1505,12 +1548,13 @@ impl GpuModel {
         };
         for c in head {
             let key = self.run_chunk(c, true, Pick::None)?;
-            self.submit(&key, None)?;
+            self.submit(&key, None).await?;
             self.len += c.len();
         }
         let mut input: Vec<u32> = last_chunk.to_vec();
         if on_gpu {
-            self.decode_pipelined(&input, pick, max_new_tokens, eos, &mut out, &mut on_token)?;
+            self.decode_pipelined(&input, pick, max_new_tokens, eos, &mut out, &mut on_token)
+                .await?;
             return Ok(out);
         }
         // top-k / top-p: the last logits come back and the CPU's sampler picks
@@ -1519,7 +1563,7 @@ impl GpuModel {
                 let key = self.run_chunk(&input, true, Pick::None)?;
                 let logits = self.act(B::Logits).clone();
                 let v = self.dims.vocab;
-                let b = self.submit(&key, Some((&logits, (v * 4) as u64)))?;
+                let b = self.submit(&key, Some((&logits, (v * 4) as u64))).await?;
                 sampler.pick(bytemuck::cast_slice(&b[..v * 4]))
             };
             self.len += input.len();
@@ -1539,7 +1583,7 @@ impl GpuModel {
     /// is the id step k's argmax wrote into `ids`) is submitted before step k's id is read
     /// back, so the read-back round trip overlaps the next token's work. A step enqueued past
     /// EOS is discarded (the cache length is the host's, rewritten before every step).
-    fn decode_pipelined(
+    async fn decode_pipelined(
         &mut self,
         prompt_tail: &[u32],
         pick: Pick,
@@ -1568,7 +1612,7 @@ impl GpuModel {
             } else {
                 None
             };
-            let id = self.read_id(slot, pending)?;
+            let id = self.read_id(slot, pending).await?;
             out.push(id);
             on_token(id);
             match next {
@@ -1596,56 +1640,13 @@ impl GpuModel {
         Ok(idx)
     }
 
-    fn read_id(&self, slot: usize, idx: wgpu::SubmissionIndex) -> Result<u32> {
-        let buf = &self.id_slots[slot];
-        let slice = buf.slice(..4);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(idx),
-                timeout: None,
-            })
-            .map_err(|e| Error::DeviceLost(e.to_string()))?;
-        self.gpu.take_error()?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
-            Err(e) => return Err(Error::Readback(e.to_string())),
+    async fn read_id(&self, slot: usize, idx: wgpu::SubmissionIndex) -> Result<u32> {
+        let b = map_read(&self.gpu, &self.id_slots[slot], 4, Some(idx)).await?;
+        match b[..] {
+            [a, b, c, d] => Ok(u32::from_le_bytes([a, b, c, d])),
+            _ => Err(Error::Readback(format!("{} bytes for an id", b.len()))),
         }
-        let id = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
-        };
-        buf.unmap();
-        Ok(id)
     }
-}
-
-/// Maps `buf` and copies out its first `bytes` bytes (native: blocks on the device).
-pub(crate) fn read_mapped(gpu: &Gpu, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-    let slice = buf.slice(..bytes.next_multiple_of(4));
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait()?;
-    match rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
-        Err(e) => return Err(Error::Readback(e.to_string())),
-    }
-    let data = slice
-        .get_mapped_range()
-        .map_err(|e| Error::Readback(e.to_string()))?[..bytes as usize]
-        .to_vec();
-    buf.unmap();
-    Ok(data)
 }
 
 struct Builder<'a> {

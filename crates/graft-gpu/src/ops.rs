@@ -8,6 +8,7 @@ use wgpu::util::DeviceExt;
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::kernels::{Kernel, Registry};
+use crate::readback::map_read;
 use crate::weights::{storage, storage_f32};
 
 /// One binding's contents for [`Ops::run`] (binding 0, the uniform, is given separately).
@@ -117,12 +118,27 @@ impl Ops {
 
     /// Runs `kernel` once over `workgroups` with `params` as its uniform and `inputs` as
     /// bindings 1.., and returns the contents of the bindings listed in `read` as u32 words.
+    /// Blocks on the device (native only; see [`Ops::run_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(
         &self,
         kernel: Kernel,
         consts: &[(&'static str, u32)],
         params: &[u8],
         inputs: &[Input],
+        workgroups: (u32, u32, u32),
+        read: &[usize],
+    ) -> Result<Vec<Vec<u32>>> {
+        pollster::block_on(self.run_async(kernel, consts, params, inputs, workgroups, read))
+    }
+
+    /// [`Ops::run`] as a future (awaits the read-back; runs in the browser too).
+    pub async fn run_async(
+        &self,
+        kernel: Kernel,
+        consts: &[(&'static str, u32)],
+        params: &[u8],
+        inputs: &[Input<'_>],
         workgroups: (u32, u32, u32),
         read: &[usize],
     ) -> Result<Vec<Vec<u32>>> {
@@ -143,10 +159,10 @@ impl Ops {
             enc.copy_buffer_to_buffer(src, 0, &st, 0, size);
             staging.push(st);
         }
-        self.gpu.queue.submit([enc.finish()]);
+        let idx = self.gpu.queue.submit([enc.finish()]);
         let mut out = Vec::new();
         for st in staging {
-            let bytes = crate::model::read_mapped(&self.gpu, &st, st.size())?;
+            let bytes = map_read(&self.gpu, &st, st.size(), Some(idx.clone())).await?;
             out.push(bytemuck::cast_slice::<u8, u32>(&bytes).to_vec());
         }
         self.gpu.take_error()?;
@@ -154,7 +170,9 @@ impl Ops {
     }
 
     /// Seconds per dispatch of `kernel` over `workgroups`, from `reps` dispatches in one pass
-    /// and one submit (the benchmark's timing: wall clock around submit and wait).
+    /// and one submit (the benchmark's timing: wall clock around submit and wait). Native only:
+    /// it blocks, and `std::time::Instant` panics on wasm32-unknown-unknown.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn time(
         &self,
         kernel: Kernel,
