@@ -15,9 +15,13 @@ use web_sys::{Cache, Headers, Request, RequestInit, Response};
 
 use crate::error::{refusal_error, Error, Refusal, Result};
 use crate::info::{adapter_files, model_layout, shard_names, ModelLayout, RepoInfo};
-use crate::options::{Progress, ProgressFn, DEFAULT_ENDPOINT};
+use crate::options::{Progress, DEFAULT_ENDPOINT};
 use crate::repo::{validate_path, Repo, Token};
 use crate::verify::Hasher;
+
+/// Receives download progress in the browser (single-threaded, so no `Send` bound: a
+/// JavaScript callback fits).
+pub type BrowserProgressFn = std::rc::Rc<dyn Fn(&Progress)>;
 
 /// Settings of the browser client.
 #[derive(Clone)]
@@ -28,7 +32,7 @@ pub struct BrowserOptions {
     /// The Cache API cache's name; `None` disables caching.
     pub cache_name: Option<String>,
     pub max_attempts: u32,
-    pub progress: Option<ProgressFn>,
+    pub progress: Option<BrowserProgressFn>,
 }
 
 impl Default for BrowserOptions {
@@ -124,6 +128,9 @@ impl BrowserHub {
     fn request(&self, url: &str, range_from: Option<u64>) -> Result<Request> {
         let init = RequestInit::new();
         init.set_method("GET");
+        // graft keeps files in the Cache API itself; the HTTP cache would hold a second copy
+        // (and answer a retry from disk instead of the server).
+        init.set_cache(web_sys::RequestCache::NoStore);
         let headers = Headers::new().map_err(|e| js_err(url, e))?;
         if let (Some(t), true) = (&self.opts.token, origin(url) == origin(&self.opts.endpoint)) {
             headers
