@@ -17,6 +17,14 @@ if [ ! -x "$CHROMIUM" ]; then
     exit 0
   fi
 fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "${GRAFT_REQUIRE_BROWSER:-}" = 1 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "skipping the browser tests: no Node.js (apt-get install nodejs npm)"
+    exit 0
+  fi
+fi
 scripts/build_web.sh
 cargo build -q -p graft-cli -p graft-hub-server
 (cd web/tests && npm ci --no-audit --no-fund --silent)

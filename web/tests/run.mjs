@@ -200,6 +200,28 @@ try {
     assert(r.base === "graft-rs/tiny-llama", `base ${r.base}`);
   });
 
+  await test("files stay in the Cache API under their commit: a second visit downloads nothing", async () => {
+    const log = async () => (await (await fetch(`${hub.endpoint}/_graft/requests`)).json());
+    await fetch(`${hub.endpoint}/_graft/requests`, { method: "DELETE" });
+    const load = () =>
+      page.evaluate(async ({ endpoint }) => {
+        const g = await import("/web/npm/index.js");
+        const m = await g.AutoModelForCausalLM.from_pretrained("graft-rs/tiny-lora", { endpoint, device: "cpu", cache: "graft-test-cache" });
+        const l = await m.logits([1, 2, 3]);
+        m.dispose();
+        return l.data.slice(0, 4).join();
+      }, { endpoint: hub.endpoint });
+    const first = await load();
+    const firstLog = await log();
+    await fetch(`${hub.endpoint}/_graft/requests`, { method: "DELETE" });
+    const second = await load();
+    const secondLog = await log();
+    const files = (l) => l.filter((r) => r.path.includes("/resolve/") || r.origin === "Cdn").length;
+    assert(files(firstLog) >= 4, `the first visit fetched ${files(firstLog)} files`);
+    assert(files(secondLog) === 0, `the second visit fetched files again: ${JSON.stringify(secondLog.map((r) => r.path))}`);
+    assert(first === second, "same numbers from the cached files");
+  });
+
   await test("errors are typed JavaScript errors and the page keeps working", async () => {
     const r = await page.evaluate(async ({ endpoint }) => {
       const g = await import("/web/npm/index.js");
