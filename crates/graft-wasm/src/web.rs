@@ -134,14 +134,15 @@ impl HubSettings {
 struct Inner {
     model: Model,
     gpu: Option<GpuModel>,
-    tokenizer: Option<Tokenizer>,
-    eos: Vec<u32>,
 }
 
 /// A model with its adapters, on WebGPU or on the CPU.
 #[wasm_bindgen]
 pub struct GraftModel {
     inner: Rc<RefCell<Inner>>,
+    /// Outside the RefCell: a streamer decodes tokens while `generate` holds the model.
+    tokenizer: Option<Rc<Tokenizer>>,
+    eos: Rc<Vec<u32>>,
     hub: HubSettings,
     device: String,
     device_note: String,
@@ -302,12 +303,9 @@ pub fn load_model(spec: String, options: JsValue, progress: Option<Function>) ->
         }
         let (gpu, device, device_note) = pick_device(&model, &s).await;
         let m = GraftModel {
-            inner: Rc::new(RefCell::new(Inner {
-                model,
-                gpu,
-                tokenizer,
-                eos,
-            })),
+            inner: Rc::new(RefCell::new(Inner { model, gpu })),
+            tokenizer: tokenizer.map(Rc::new),
+            eos: Rc::new(eos),
             hub: hub_settings,
             device,
             device_note,
@@ -594,6 +592,7 @@ impl GraftModel {
         on_token: Option<Function>,
     ) -> Promise {
         let inner = self.inner.clone();
+        let eos = self.eos.clone();
         future_to_promise(async move {
             let s = GenerateSettings::from_json(&to_json(&options)?).map_err(bad_arg)?;
             let sampling = Sampling {
@@ -603,9 +602,8 @@ impl GraftModel {
                 seed: s.seed,
             };
             let mut g = inner.try_borrow_mut().map_err(|_| busy())?;
-            let Inner {
-                model, gpu, eos, ..
-            } = &mut *g;
+            let Inner { model, gpu } = &mut *g;
+            let eos: &[u32] = &eos;
             let cb = |id: u32| {
                 if let Some(f) = &on_token {
                     let _ = f.call1(&JsValue::NULL, &JsValue::from(id));
@@ -630,8 +628,7 @@ impl GraftModel {
         text: String,
         add_special_tokens: Option<bool>,
     ) -> Result<Vec<u32>, JsValue> {
-        let g = self.inner.try_borrow().map_err(|_| busy())?;
-        tokenizer(&g)?
+        self.tokenizer()?
             .encode(&text, add_special_tokens.unwrap_or(true))
             .js()
     }
@@ -641,8 +638,7 @@ impl GraftModel {
         ids: Vec<u32>,
         skip_special_tokens: Option<bool>,
     ) -> Result<String, JsValue> {
-        let g = self.inner.try_borrow().map_err(|_| busy())?;
-        tokenizer(&g)?
+        self.tokenizer()?
             .decode(&ids, skip_special_tokens.unwrap_or(true))
             .js()
     }
@@ -667,33 +663,29 @@ impl GraftModel {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => return Err(bad_arg("messages must be a list of {role, content}")),
         };
-        let g = self.inner.try_borrow().map_err(|_| busy())?;
-        tokenizer(&g)?
+        self.tokenizer()?
             .apply_chat_template(&msgs, add_generation_prompt.unwrap_or(true))
             .js()
     }
 
-    pub fn eos_token_ids(&self) -> Result<Vec<u32>, JsValue> {
-        Ok(self.inner.try_borrow().map_err(|_| busy())?.eos.clone())
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos.to_vec()
     }
 
-    pub fn has_tokenizer(&self) -> Result<bool, JsValue> {
-        Ok(self
-            .inner
-            .try_borrow()
-            .map_err(|_| busy())?
-            .tokenizer
-            .is_some())
+    pub fn has_tokenizer(&self) -> bool {
+        self.tokenizer.is_some()
     }
 }
 
-fn tokenizer(g: &Inner) -> Result<&Tokenizer, JsValue> {
-    g.tokenizer.as_ref().ok_or_else(|| {
-        js_error(
-            "TokenizerError",
-            "this model came without a tokenizer (no tokenizer.json or GGUF vocabulary); pass token ids",
-        )
-    })
+impl GraftModel {
+    fn tokenizer(&self) -> Result<&Tokenizer, JsValue> {
+        self.tokenizer.as_deref().ok_or_else(|| {
+            js_error(
+                "TokenizerError",
+                "this model came without a tokenizer (no tokenizer.json or GGUF vocabulary); pass token ids",
+            )
+        })
+    }
 }
 
 fn candle_f32() -> candle_core::DType {
