@@ -12,8 +12,9 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
+import { fileURLToPath } from "node:url";
 
-const ROOT = path.resolve(import.meta.dirname, "../..");
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const OUT = path.join(ROOT, "web/tests/output");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const GGUF = path.join(ROOT, process.env.GRAFT_DEFAULT_MODEL ?? "models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -347,17 +348,24 @@ try {
     assert(/cpu/i.test(r.header) && /webgpu/i.test(r.note), `the page should say it runs on the CPU and why: ${r.note}`);
   });
 
-  await test("a bad repo id in a cell shows a readable error and the page keeps working", async () => {
+  await test("a bad repo id, a missing file and a dropped connection show readable errors in their cells; the page keeps working", async () => {
     const b = await browser(true);
     const p = await b.newPage();
-    await p.goto(`${site}/web/notebook/index.html?${new URLSearchParams({ endpoint: hub.endpoint, base: "graft-rs/does-not-exist", tiny: "graft-rs/tiny-llama" })}`);
-    await p.evaluate(() => window.runCell(1).catch(() => {}));
-    await p.evaluate(() => window.runCell(5));
-    const r = await p.evaluate(() => ({ c1: window.notebook.cells[0], c5: window.notebook.cells[4], shown: document.querySelector("#cell-1 .output").innerText }));
+    const q = new URLSearchParams({ endpoint: hub.endpoint, base: "graft-rs/does-not-exist", adapter: "graft-rs/no-weights", tiny: "graft-rs/tiny-llama", device: "cpu" });
+    await p.goto(`${site}/web/notebook/index.html?${q}`);
+    const cell = (n) => p.evaluate((n) => window.runCell(n).then(() => ({ c: window.notebook.cells[n - 1], shown: document.querySelector(`#cell-${n} .output`).innerText })), n);
+    const bad = await cell(1);
+    const missing = await cell(2);
+    const fault = (body) => fetch(`${hub.endpoint}/_graft/faults`, { method: body ? "POST" : "DELETE", body: body && JSON.stringify(body) });
+    await fault({ path_contains: "/repos/", origin: "Cdn", times: 0, kind: { DropAfter: { bytes: 1000 } } });
+    const dropped = await cell(5);
+    await fault(null);
+    const after = await cell(5);
     await b.close();
-    assert(r.c1.status === "error" && r.c1.error.kind === "RepoNotFound", `cell 1: ${JSON.stringify(r.c1)}`);
-    assert(/not found/i.test(r.shown), `cell 1 shows: ${r.shown}`);
-    assert(r.c5.status === "done", `cell 5 after the error: ${JSON.stringify(r.c5)}`);
+    assert(bad.c.status === "error" && bad.c.error.kind === "RepoNotFound" && /not found/i.test(bad.shown), `bad repo: ${JSON.stringify(bad)}`);
+    assert(missing.c.status === "error" && missing.c.error.kind === "RepoFiles" && /no weights/i.test(missing.shown), `missing file: ${JSON.stringify(missing)}`);
+    assert(dropped.c.status === "error" && dropped.c.error.kind === "NetworkError" && /broke off|closed early|network/i.test(dropped.shown), `dropped: ${JSON.stringify(dropped)}`);
+    assert(after.c.status === "done", `after the errors: ${JSON.stringify(after.c)}`);
   });
 } finally {
   hub.proc.kill();
