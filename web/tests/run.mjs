@@ -180,6 +180,21 @@ try {
     });
   }
 
+  await test("the package works from a module Web Worker (WebGPU there too)", async () => {
+    const r = await page.evaluate(({ endpoint, tokens }) => new Promise((resolve) => {
+      const w = new Worker("/web/tests/worker.js", { type: "module" });
+      w.onmessage = (e) => { resolve(e.data); w.terminate(); };
+      w.onerror = (e) => resolve({ ok: false, error: `worker error: ${e.message}` });
+      w.postMessage({ endpoint, device: "webgpu", tokens });
+    }), { endpoint: hub.endpoint, tokens });
+    assert(r.ok, r.error);
+    assert(r.device === "webgpu", `in the worker: ${r.device} (${r.note})`);
+    const ref = want.on.data;
+    let worst = 0;
+    for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(r.data[i] - ref[i]) / Math.max(1, Math.abs(ref[i])));
+    assert(worst <= 1e-3, `max relative difference ${worst}`);
+  });
+
   await test("save_pretrained, get_adapter_state_dict and add_adapter round-trip", async () => {
     const r = await page.evaluate(async ({ endpoint }) => {
       const g = await import("/web/npm/index.js");
