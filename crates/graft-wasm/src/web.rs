@@ -171,7 +171,12 @@ async fn fetch_base(
         .collect();
     let has_st = info.has("config.json")
         && (info.has("model.safetensors") || info.has("model.safetensors.index.json"));
-    if !has_st || s.gguf_file.is_some() {
+    // A dtype naming one of the repo's GGUF files (e.g. "q4_1") selects it over safetensors.
+    let dtype_gguf = s.dtype.as_deref().is_some_and(|d| {
+        let d = d.to_ascii_lowercase();
+        ggufs.iter().any(|g| g.to_ascii_lowercase().contains(&d))
+    });
+    if !has_st || s.gguf_file.is_some() || dtype_gguf {
         let Some(file) = s.pick_gguf(&ggufs).map_err(bad_arg)? else {
             return Err(js_error(
                 "RepoFiles",
@@ -210,7 +215,16 @@ async fn fetch_base(
             _ => {}
         }
     }
-    let quantize = s.dtype.as_deref().and_then(graft_quant_parse);
+    // Anything else a safetensors model can be asked for is a quantization while loading; a
+    // dtype graft cannot honour is an error, never silently f32.
+    let quantize = match s.dtype.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("fp32" | "float32" | "auto") => None,
+        Some(d) => Some(graft_quant_parse(d).ok_or_else(|| {
+            bad_arg(format!(
+                "dtype `{d}`: `{repo}` has safetensors weights, which graft can quantize while loading to int8, nf4, q8_0 or q4_0 (or keep as fp32); no GGUF file there matches `{d}`"
+            ))
+        })?),
+    };
     let model =
         Model::from_safetensors_bytes(&config, weights, &repo.id, &OpenOptions { quantize })
             .js()?;
