@@ -16,7 +16,7 @@ use web_sys::{Cache, Headers, Request, RequestInit, Response};
 use crate::error::{refusal_error, Error, Refusal, Result};
 use crate::info::{adapter_files, model_layout, shard_names, ModelLayout, RepoInfo};
 use crate::options::{Progress, DEFAULT_ENDPOINT};
-use crate::repo::{validate_path, Repo, Token};
+use crate::repo::{url_origin, validate_path, Repo, Token};
 use crate::verify::Hasher;
 
 /// Receives download progress in the browser (single-threaded, so no `Send` bound: a
@@ -65,14 +65,6 @@ fn js_err(url: &str, v: JsValue) -> Error {
         url: url.to_string(),
         message,
         attempts: 1,
-    }
-}
-
-fn origin(url: &str) -> &str {
-    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
-    match url[after..].find('/') {
-        Some(i) => &url[..after + i],
-        None => url,
     }
 }
 
@@ -132,7 +124,10 @@ impl BrowserHub {
         // (and answer a retry from disk instead of the server).
         init.set_cache(web_sys::RequestCache::NoStore);
         let headers = Headers::new().map_err(|e| js_err(url, e))?;
-        if let (Some(t), true) = (&self.opts.token, origin(url) == origin(&self.opts.endpoint)) {
+        if let (Some(t), true) = (
+            &self.opts.token,
+            url_origin(url) == url_origin(&self.opts.endpoint),
+        ) {
             headers
                 .set("Authorization", &t.bearer())
                 .map_err(|e| js_err(url, e))?;
@@ -165,7 +160,7 @@ impl BrowserHub {
                             .and_then(|v| v.trim().parse::<i32>().ok())
                             .unwrap_or(1);
                         let e = Error::RateLimited {
-                            endpoint: origin(url).to_string(),
+                            endpoint: url_origin(url).to_string(),
                             attempts: attempt,
                             retry_after: Some(secs.max(0) as u64),
                         };
@@ -423,18 +418,20 @@ impl BrowserHub {
 
     /// A base model's files, by repo path (safetensors single or sharded with tokenizer
     /// files, or one GGUF file).
+    /// `info` is the repo's listing (from [`BrowserHub::info`]), so the caller can look at
+    /// the files before choosing.
     pub async fn fetch_model(
         &self,
         repo: &Repo,
+        info: &RepoInfo,
         gguf_file: Option<&str>,
     ) -> Result<BTreeMap<String, Vec<u8>>> {
-        let info = self.info(repo).await?;
         let mut out = BTreeMap::new();
-        let files = match model_layout(repo, &info, gguf_file)? {
+        let files = match model_layout(repo, info, gguf_file)? {
             ModelLayout::Safetensors { files } => files,
             ModelLayout::Gguf { file } => vec![file],
             ModelLayout::Sharded { mut files, index } => {
-                let b = self.file(repo, &info, &index).await?;
+                let b = self.file(repo, info, &index).await?;
                 let v: serde_json::Value =
                     serde_json::from_slice(&b).map_err(|e| Error::Files {
                         repo: repo.to_string(),
@@ -446,7 +443,7 @@ impl BrowserHub {
             }
         };
         for f in files {
-            let b = self.file(repo, &info, &f).await?;
+            let b = self.file(repo, info, &f).await?;
             out.insert(f, b);
         }
         Ok(out)

@@ -11,7 +11,7 @@ use crate::cache::Cache;
 use crate::error::{refusal_error, Error, Refusal, Result};
 use crate::info::{adapter_files, model_layout, shard_names, ModelLayout, RepoInfo};
 use crate::options::{HubOptions, Progress, ProgressFn};
-use crate::repo::{valid_etag, validate_path, Repo};
+use crate::repo::{url_origin, valid_etag, validate_path, Repo};
 use crate::verify::{clean_etag, Expected, Hasher};
 
 /// Where and what a file is, from the Hub's headers (`HEAD …/resolve/…`).
@@ -84,15 +84,6 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-/// `scheme://host:port` of a URL.
-fn origin(url: &str) -> &str {
-    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
-    match url[after..].find('/') {
-        Some(i) => &url[..after + i],
-        None => url,
-    }
-}
-
 /// Whether `location` is relative (same host): huggingface_hub follows only those itself.
 fn is_relative(location: &str) -> bool {
     location.starts_with('/') && !location.starts_with("//")
@@ -100,7 +91,7 @@ fn is_relative(location: &str) -> bool {
 
 fn absolute(base: &str, location: &str) -> Option<String> {
     if is_relative(location) {
-        Some(format!("{}{}", origin(base), location))
+        Some(format!("{}{}", url_origin(base), location))
     } else if location.starts_with("http://") || location.starts_with("https://") {
         Some(location.to_string())
     } else {
@@ -162,7 +153,7 @@ impl Hub {
     /// Sends the token only to the endpoint's origin: never to a CDN or another host.
     fn auth_for(&self, url: &str) -> Option<String> {
         let t = self.opts.token.as_ref()?;
-        (origin(url) == origin(&self.opts.endpoint)).then(|| t.bearer())
+        (url_origin(url) == url_origin(&self.opts.endpoint)).then(|| t.bearer())
     }
 
     fn once(&self, method: &str, url: &str, range_from: Option<u64>) -> Attempt {
@@ -234,7 +225,7 @@ impl Hub {
                     if attempts >= self.opts.max_attempts {
                         return Err(match status {
                             Some(429) => Error::RateLimited {
-                                endpoint: origin(url).to_string(),
+                                endpoint: url_origin(url).to_string(),
                                 attempts,
                                 retry_after: Some(wait.as_secs()),
                             },
@@ -765,8 +756,11 @@ mod tests {
 
     #[test]
     fn origins_and_redirects() {
-        assert_eq!(origin("http://127.0.0.1:5/a/b?c"), "http://127.0.0.1:5");
-        assert_eq!(origin("https://huggingface.co"), "https://huggingface.co");
+        assert_eq!(url_origin("http://127.0.0.1:5/a/b?c"), "http://127.0.0.1:5");
+        assert_eq!(
+            url_origin("https://huggingface.co"),
+            "https://huggingface.co"
+        );
         assert_eq!(
             absolute("http://h:1/x/y", "/api/z").unwrap(),
             "http://h:1/api/z"

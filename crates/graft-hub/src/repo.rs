@@ -177,6 +177,24 @@ pub fn looks_like_repo_id(s: &str) -> bool {
     !std::path::Path::new(s).exists() && validate_repo_id(s).is_ok()
 }
 
+/// Splits `org/name@revision` into the id and the revision (repo ids cannot contain `@`);
+/// anything else comes back whole.
+pub fn split_revision(spec: &str) -> (&str, Option<&str>) {
+    match spec.rsplit_once('@') {
+        Some((id, rev)) if validate_repo_id(id).is_ok() && !rev.is_empty() => (id, Some(rev)),
+        _ => (spec, None),
+    }
+}
+
+/// `scheme://host:port` of a URL: the token goes only to the endpoint's origin.
+pub(crate) fn url_origin(url: &str) -> &str {
+    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[after..].find('/') {
+        Some(i) => &url[..after + i],
+        None => url,
+    }
+}
+
 /// Revisions become `refs/<revision>` in the cache, so they must not climb out of it.
 pub fn validate_revision(rev: &str) -> Result<()> {
     let bad = rev.is_empty()

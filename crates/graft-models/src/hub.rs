@@ -9,7 +9,9 @@ use graft_core::LoadReport;
 pub use graft_hub::{Hub, HubOptions, Repo, RepoType};
 
 use crate::error::{Error, Result};
-use crate::model::{default_model_path, LoadAdapterOptions, Model, OpenOptions, DEFAULT_MODEL_ID};
+use crate::model::{
+    default_model_path, local_base, named_base, LoadAdapterOptions, Model, OpenOptions,
+};
 
 /// What a model argument resolved to: the base (a folder or a GGUF file) and, when the
 /// argument was an adapter, the adapter's folder.
@@ -19,17 +21,12 @@ pub struct Resolved {
     pub adapter: Option<PathBuf>,
 }
 
-/// Splits `org/name@revision` (repo ids cannot contain `@`); local paths are returned whole.
+/// Splits `org/name@revision`; an existing local path is returned whole.
 pub fn split_revision(spec: &str) -> (&str, Option<&str>) {
     if Path::new(spec).exists() {
         return (spec, None);
     }
-    match spec.rsplit_once('@') {
-        Some((id, rev)) if graft_hub::repo::validate_repo_id(id).is_ok() && !rev.is_empty() => {
-            (id, Some(rev))
-        }
-        _ => (spec, None),
-    }
+    graft_hub::repo::split_revision(spec)
 }
 
 /// A local path, or a repo id fetched into the cache. A string that is neither an existing
@@ -57,21 +54,10 @@ pub fn resolve_base(
     base: Option<&str>,
     gguf_file: Option<&str>,
 ) -> Result<PathBuf> {
-    let Some(base) = base.filter(|b| !b.is_empty() && *b != "None") else {
-        return Err(Error::BaseModel(format!(
-            "{}: adapter_config.json has no base_model_name_or_path (null); pass the base model explicitly with --model",
-            adapter_dir.display()
-        )));
-    };
-    for c in [PathBuf::from(base), adapter_dir.join(base)] {
-        let gguf = c.is_file() && c.extension().is_some_and(|e| e == "gguf");
-        if c.join("config.json").is_file() || gguf {
-            return Ok(c);
-        }
-    }
-    if base == DEFAULT_MODEL_ID && gguf_file.is_none() {
-        let p = default_model_path();
-        if p.is_file() {
+    let base = named_base(adapter_dir, base)?;
+    // A GGUF file asked for by name comes from the repository, not the embedded stand-in.
+    if let Some(p) = local_base(adapter_dir, base) {
+        if gguf_file.is_none() || p != default_model_path() {
             return Ok(p);
         }
     }

@@ -663,27 +663,35 @@ pub fn default_model_path() -> PathBuf {
 /// Where the base of an adapter folder lives: `base_model_name_or_path` as a local path
 /// (absolute, relative to the working directory, or relative to the adapter folder).
 pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathBuf> {
-    let Some(base) = base else {
-        return Err(Error::BaseModel(format!(
+    let base = named_base(adapter_dir, base)?;
+    local_base(adapter_dir, base).ok_or_else(|| {
+        Error::BaseModel(format!(
+            "the adapter's base_model_name_or_path `{base}` is not a local model folder; pass the base with --model, or open the adapter through the Hub (graft_models::hub)"
+        ))
+    })
+}
+
+/// The adapter's `base_model_name_or_path`, or the error asking for `--model` when it is
+/// missing, null or empty (transformers would try to download a repo named "None").
+pub fn named_base<'a>(adapter_dir: &Path, base: Option<&'a str>) -> Result<&'a str> {
+    base.filter(|b| !b.is_empty() && *b != "None").ok_or_else(|| {
+        Error::BaseModel(format!(
             "{}: adapter_config.json has no base_model_name_or_path (null); pass the base model explicitly with --model",
             adapter_dir.display()
-        )));
-    };
-    let candidates = [PathBuf::from(base), adapter_dir.join(base)];
-    for c in &candidates {
+        ))
+    })
+}
+
+/// `base_model_name_or_path` as a local model: a folder with config.json or a .gguf file
+/// (absolute, relative to the working directory, or relative to the adapter folder), or the
+/// embedded default model standing in for its Hub id.
+pub fn local_base(adapter_dir: &Path, base: &str) -> Option<PathBuf> {
+    for c in [PathBuf::from(base), adapter_dir.join(base)] {
         let gguf = c.is_file() && c.extension().is_some_and(|e| e == "gguf");
         if c.join("config.json").is_file() || gguf {
-            return Ok(c.clone());
+            return Some(c);
         }
     }
-    // The embedded default model stands in for its Hub id.
-    if base == DEFAULT_MODEL_ID {
-        let p = default_model_path();
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(Error::BaseModel(format!(
-        "the adapter's base_model_name_or_path `{base}` is not a local model folder; pass the base with --model, or open the adapter through the Hub (graft_models::hub)"
-    )))
+    let p = default_model_path();
+    (base == DEFAULT_MODEL_ID && p.is_file()).then_some(p)
 }

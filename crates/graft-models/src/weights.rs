@@ -103,15 +103,7 @@ impl WeightStore {
         let names: BTreeSet<String> = if by_name.contains_key(SINGLE) {
             BTreeSet::from([SINGLE.to_string()])
         } else if let Some(index) = by_name.get(INDEX) {
-            let limit = MAX_INDEX_SIZE;
-            if index.len() as u64 > limit {
-                return Err(graft_core::Error::FileTooLarge {
-                    path: INDEX.into(),
-                    size: index.len() as u64,
-                    limit,
-                }
-                .into());
-            }
+            check_size(INDEX, index.len(), MAX_INDEX_SIZE)?;
             let shards = shard_names(index, INDEX)?;
             if let Some(missing) = shards.iter().find(|s| !by_name.contains_key(*s)) {
                 return Err(Error::NoWeights {
@@ -138,15 +130,7 @@ impl WeightStore {
                 dir: label.into(),
                 hint: format!(": `{name}` was not given"),
             })?;
-            let limit = MAX_FILE_SIZE;
-            if bytes.len() as u64 > limit {
-                return Err(graft_core::Error::FileTooLarge {
-                    path: name.into(),
-                    size: bytes.len() as u64,
-                    limit,
-                }
-                .into());
-            }
+            check_size(name, bytes.len(), MAX_FILE_SIZE)?;
             Ok((name.to_string(), bytes))
         })
     }
@@ -198,4 +182,17 @@ impl WeightStore {
                 .strip_prefix("model.")
                 .is_some_and(|n| self.tensors.contains_key(n))
     }
+}
+
+/// The same bound a file read from disk gets (`read_file`'s limit), for bytes handed over.
+fn check_size(name: &str, len: usize, limit: u64) -> Result<()> {
+    if len as u64 > limit {
+        return Err(graft_core::Error::FileTooLarge {
+            path: name.into(),
+            size: len as u64,
+            limit,
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
 use graft_hub::browser::{BrowserHub, BrowserOptions};
-use graft_hub::{ModelLayout, Progress, Repo, RepoType, Token};
+use graft_hub::{Progress, Repo, RepoType, Token};
 use graft_models::{LoadAdapterOptions, Model, OpenOptions, Sampling};
 use graft_text::{Message, Tokenizer};
 use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint32Array, Uint8Array};
@@ -183,7 +183,8 @@ async fn fetch_base(
                 &format!("`{repo}` has no model weights (config.json + model.safetensors, or a .gguf file)"),
             ));
         };
-        let bytes = hub.file(repo, &info, file).await.js()?;
+        let mut files = hub.fetch_model(repo, &info, Some(file)).await.js()?;
+        let bytes = files.remove(file).unwrap_or_default();
         let model = Model::from_gguf_bytes(bytes, &repo.id).js()?;
         let tok = match model.gguf_tokenizer_metadata() {
             Some(meta) => Some(Tokenizer::from_gguf_metadata(&meta).js()?),
@@ -191,27 +192,19 @@ async fn fetch_base(
         };
         return Ok((model, tok));
     }
-    let files = match graft_hub::info::model_layout(repo, &info, None).js()? {
-        ModelLayout::Safetensors { files } => files,
-        ModelLayout::Sharded { mut files, index } => {
-            let b = hub.file(repo, &info, &index).await.js()?;
-            let v: Value = serde_json::from_slice(&b).map_err(bad_arg)?;
-            files.extend(graft_hub::info::shard_names(repo, &v).js()?);
-            files
-        }
-        ModelLayout::Gguf { .. } => Vec::new(),
-    };
     let mut config = Vec::new();
     let mut weights = Vec::new();
     let mut tok_json = None;
     let mut tok_cfg = None;
-    for f in files {
-        let b = hub.file(repo, &info, &f).await.js()?;
+    for (f, b) in hub.fetch_model(repo, &info, None).await.js()? {
         match f.as_str() {
             "config.json" => config = b,
             "tokenizer.json" => tok_json = Some(b),
             "tokenizer_config.json" => tok_cfg = Some(b),
-            n if n.ends_with(".safetensors") => weights.push((f, b)),
+            // The shards, and the index that names them (checked against it while loading).
+            n if n.ends_with(".safetensors") || n == "model.safetensors.index.json" => {
+                weights.push((f, b))
+            }
             _ => {}
         }
     }
@@ -240,10 +233,7 @@ fn graft_quant_parse(s: &str) -> Option<graft_quant::QType> {
 }
 
 fn repo_of(spec: &str, revision: Option<&str>) -> Result<Repo, JsValue> {
-    let (id, rev) = match spec.rsplit_once('@') {
-        Some((id, rev)) if !rev.is_empty() => (id, Some(rev)),
-        _ => (spec, None),
-    };
+    let (id, rev) = graft_hub::repo::split_revision(spec);
     Repo::new(id, RepoType::Model, rev.or(revision)).js()
 }
 
