@@ -1,0 +1,322 @@
+//! Training against PyTorch + PEFT: one batch, three AdamW steps with clipping, for LoRA,
+//! rsLoRA with rank/alpha patterns, IA3 and modules_to_save (untied and tied heads). The
+//! reference (tests/fixtures/train, made by scripts/make_train_fixtures.py with pinned torch,
+//! transformers and PEFT) holds the loss, the gradients of step 1, the parameters after steps
+//! 1 and 3, the saved adapter and its logits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use graft_models::{LoadAdapterOptions, Model};
+use graft_tests::fixtures;
+use graft_train::data::Example;
+use graft_train::forward::{Batch, TrainModel};
+use graft_train::optim::{AdamWConfig, Schedule};
+use graft_train::{TrainArgs, Trainer};
+use safetensors::SafeTensors;
+
+fn train_dir() -> PathBuf {
+    fixtures().join("train")
+}
+
+fn read_i64(st: &SafeTensors, name: &str) -> (Vec<i64>, Vec<usize>) {
+    let t = st.tensor(name).expect(name);
+    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+/// The fixture batch as examples: each row cut to its attention mask (right padding).
+fn batch_examples(case: &Path) -> Vec<Example> {
+    let bytes = std::fs::read(case.join("batch.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (ids, shape) = read_i64(&st, "input_ids");
+    let (mask, _) = read_i64(&st, "attention_mask");
+    let (labels, _) = read_i64(&st, "labels");
+    let (b, t) = (shape[0], shape[1]);
+    (0..b)
+        .map(|r| {
+            let n = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
+            Example {
+                ids: ids[r * t..r * t + n].iter().map(|&x| x as u32).collect(),
+                labels: labels[r * t..r * t + n].to_vec(),
+                line: r + 1,
+            }
+        })
+        .collect()
+}
+
+fn expected(case: &Path) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(case.join("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+        / scale
+}
+
+fn vec(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn open_case(case: &Path) -> (serde_json::Value, Model) {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+    let base = fixtures()
+        .join("models")
+        .join(spec["model"].as_str().unwrap());
+    let mut model = Model::from_pretrained(&base).unwrap();
+    model
+        .load_adapter(
+            &case.join("initial"),
+            LoadAdapterOptions {
+                is_trainable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    (spec, model)
+}
+
+fn args(spec: &serde_json::Value) -> TrainArgs {
+    TrainArgs {
+        max_steps: Some(3),
+        batch_size: 2,
+        optim: AdamWConfig {
+            lr: spec["lr"].as_f64().unwrap(),
+            beta1: spec["betas"][0].as_f64().unwrap(),
+            beta2: spec["betas"][1].as_f64().unwrap(),
+            eps: spec["eps"].as_f64().unwrap(),
+            weight_decay: spec["weight_decay"].as_f64().unwrap(),
+        },
+        schedule: Schedule::Constant,
+        max_grad_norm: spec["max_grad_norm"].as_f64().unwrap(),
+        ..Default::default()
+    }
+}
+
+const TOL: f32 = 1e-4;
+
+fn check_case(name: &str) {
+    let case = train_dir().join(name);
+    let (spec, mut model) = open_case(&case);
+    let data = batch_examples(&case);
+    let want = expected(&case);
+    let want_keys: Vec<String> = spec["trainable_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let a = args(&spec);
+    let lr = a.optim.lr;
+    let mut tr = Trainer::new(&mut model, "default", a).unwrap();
+    let keys: Vec<String> = tr.adapter.params.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(keys, want_keys, "{name}: trainable parameters");
+
+    let batches = vec![vec![0usize, 1]];
+    let (loss, grads, _) = tr.gradients(&data, &batches).unwrap();
+    let losses = vec(&want["loss"]);
+    assert!(
+        ((loss as f32 - losses[0]) / losses[0]).abs() < TOL,
+        "{name}: loss {loss} vs PEFT {}",
+        losses[0]
+    );
+    for (p, g) in tr.adapter.params.iter().zip(&grads) {
+        let w = vec(&want[&format!("grad.{}", p.key)]);
+        let e = rel_err(g, &w);
+        assert!(
+            e <= TOL,
+            "{name}: gradient of {} off by {e:e} (relative)",
+            p.key
+        );
+    }
+    let norms = vec(&want["grad_norm"]);
+    for step in 0..3 {
+        let (l, n, _) = tr.train_step(&data, &batches, lr).unwrap();
+        assert!(
+            ((l as f32 - losses[step]) / losses[step]).abs() < TOL,
+            "{name}: step {} loss {l} vs PEFT {}",
+            step + 1,
+            losses[step]
+        );
+        assert!(
+            ((n as f32 - norms[step]) / norms[step]).abs() < TOL,
+            "{name}: step {} grad norm {n} vs PEFT {}",
+            step + 1,
+            norms[step]
+        );
+        if step == 0 || step == 2 {
+            for p in &tr.adapter.params {
+                let w = vec(&want[&format!("after{}.{}", step + 1, p.key)]);
+                let e = rel_err(&vec(p.var.as_tensor()), &w);
+                assert!(
+                    e <= TOL,
+                    "{name}: {} after step {} off by {e:e}",
+                    p.key,
+                    step + 1
+                );
+            }
+        }
+    }
+
+    // Saved as PEFT saves it: same files, same keys and shapes, same config fields.
+    let out = tempfile::tempdir().unwrap();
+    tr.save_adapter(out.path()).unwrap();
+    drop(tr);
+    let ours = graft_core::tensors::load_safetensors(&out.path().join("adapter_model.safetensors"))
+        .unwrap();
+    let theirs =
+        graft_core::tensors::load_safetensors(&case.join("final/adapter_model.safetensors"))
+            .unwrap();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "{name}: saved keys"
+    );
+    for (k, t) in &theirs {
+        assert_eq!(
+            ours[k].tensor.dims(),
+            t.tensor.dims(),
+            "{name}: shape of {k}"
+        );
+        let e = rel_err(&vec(&ours[k].tensor), &vec(&t.tensor));
+        assert!(e <= TOL, "{name}: saved {k} off by {e:e}");
+    }
+    let cfg = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("adapter_config.json")).unwrap()).unwrap()
+    };
+    let (ours_cfg, theirs_cfg) = (cfg(out.path()), cfg(&case.join("final")));
+    for field in [
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "target_modules",
+        "modules_to_save",
+        "feedforward_modules",
+        "rank_pattern",
+        "alpha_pattern",
+        "inference_mode",
+    ] {
+        assert_eq!(
+            ours_cfg.get(field),
+            theirs_cfg.get(field),
+            "{name}: adapter_config.json field {field}"
+        );
+    }
+
+    // graft loads its own adapter back and computes PEFT's logits of the trained model.
+    let base = fixtures()
+        .join("models")
+        .join(spec["model"].as_str().unwrap());
+    let mut reloaded = Model::from_pretrained(&base).unwrap();
+    reloaded
+        .load_adapter(out.path(), LoadAdapterOptions::default())
+        .unwrap();
+    let final_logits =
+        candle_core::safetensors::load(case.join("final_logits.safetensors"), &Device::Cpu)
+            .unwrap();
+    let fl = &final_logits["logits"];
+    for (r, ex) in data.iter().enumerate() {
+        let got = reloaded.logits(&ex.ids).unwrap();
+        let want = fl.get(r).unwrap().narrow(0, 0, ex.ids.len()).unwrap();
+        let e = rel_err(&vec(&got), &vec(&want));
+        assert!(
+            e <= TOL,
+            "{name}: logits of row {r} after training off by {e:e}"
+        );
+    }
+}
+
+#[test]
+fn one_step_lora_equals_peft() {
+    check_case("lora");
+}
+
+#[test]
+fn one_step_rslora_with_patterns_equals_peft() {
+    check_case("lora_rslora");
+}
+
+#[test]
+fn one_step_ia3_equals_peft() {
+    check_case("ia3");
+}
+
+#[test]
+fn one_step_modules_to_save_equals_peft() {
+    check_case("modules_to_save");
+}
+
+#[test]
+fn one_step_modules_to_save_on_a_tied_head_equals_peft() {
+    check_case("modules_to_save_tied");
+}
+
+/// Central finite differences of the loss against autograd, for every kind of trainable
+/// tensor (a few coordinates each).
+#[test]
+fn gradients_match_finite_differences() {
+    for name in ["lora", "ia3", "modules_to_save_tied"] {
+        let case = train_dir().join(name);
+        let (spec, mut model) = open_case(&case);
+        let data = batch_examples(&case);
+        let tr = Trainer::new(&mut model, "default", args(&spec)).unwrap();
+        let (_, grads, _) = tr.gradients(&data, &[vec![0, 1]]).unwrap();
+        let rows: Vec<(&[u32], &[i64])> = data
+            .iter()
+            .map(|e| (e.ids.as_slice(), e.labels.as_slice()))
+            .collect();
+        let batch = Batch::from_rows(&rows, 0).unwrap();
+        let denom = batch.label_count();
+        let loss_now = || -> f64 {
+            let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
+            tm.loss(&batch, denom, None)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let mut checked = 0;
+        for (pi, p) in tr.adapter.params.iter().enumerate() {
+            let n = p.var.elem_count();
+            for &j in &[0, n / 2, n - 1] {
+                let orig = vec(p.var.as_tensor());
+                let h = 1e-2f32;
+                let mut plus = orig.clone();
+                plus[j] += h;
+                p.var
+                    .set(&Tensor::from_vec(plus, p.var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let lp = loss_now();
+                let mut minus = orig.clone();
+                minus[j] -= h;
+                p.var
+                    .set(&Tensor::from_vec(minus, p.var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let lm = loss_now();
+                p.var
+                    .set(&Tensor::from_vec(orig, p.var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let fd = (lp - lm) / (2.0 * h as f64);
+                let g = grads[pi][j] as f64;
+                assert!(
+                    (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
+                    "{name}: {}[{j}] autograd {g} vs finite difference {fd}",
+                    p.key
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 9, "{name}");
+    }
+}
