@@ -4,7 +4,6 @@
 //! transformers and PEFT) holds the loss, the gradients of step 1, the parameters after steps
 //! 1 and 3, the saved adapter and its logits.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};

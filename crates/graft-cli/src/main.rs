@@ -119,6 +119,10 @@ enum Command {
         #[command(flatten)]
         hub: HubArgs,
     },
+    /// Trains an adapter (LoRA or IA3, plus modules_to_save) on a JSONL data set and saves it
+    /// in PEFT's format: the guide's add_adapter + Trainer.train() + save_pretrained. The base
+    /// stays frozen and may be quantized (a GGUF, or --quantize).
+    Train(Box<train::TrainCmd>),
     /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
     /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
     /// folder when no FILES are named. Every file is verified against the Hub's hash.
@@ -214,6 +218,7 @@ impl HubArgs {
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 mod bench_gpu;
+mod train;
 
 fn parse_adapter_arg(s: &str) -> (String, String) {
     // NAME=DIR, unless the part before '=' looks like a path.
@@ -768,6 +773,7 @@ fn main() -> ExitCode {
             quiet,
             hub,
         } => download(repo, files, repo_type, *quiet, hub),
+        Command::Train(t) => train::train(t),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
