@@ -116,7 +116,13 @@ fn adapter_config(c: &TrainCmd) -> CliResult<graft_core::config::AdapterConfig> 
     } else {
         kw.insert("peft_type".into(), json!("LORA"));
         kw.insert("r".into(), json!(c.r));
-        kw.insert("lora_alpha".into(), json!(c.lora_alpha));
+        // PEFT writes an integral alpha as an integer (`lora_alpha: int = 8`).
+        let alpha = if c.lora_alpha.fract() == 0.0 && c.lora_alpha.abs() < 1e15 {
+            json!(c.lora_alpha as i64)
+        } else {
+            json!(c.lora_alpha)
+        };
+        kw.insert("lora_alpha".into(), alpha);
         kw.insert("lora_dropout".into(), json!(c.lora_dropout));
         kw.insert("use_rslora".into(), json!(c.use_rslora));
         let init = if c.init_lora_weights == "gaussian" {
