@@ -123,6 +123,9 @@ enum Command {
     /// in PEFT's format: the guide's add_adapter + Trainer.train() + save_pretrained. The base
     /// stays frozen and may be quantized (a GGUF, or --quantize).
     Train(Box<train::TrainCmd>),
+    /// Training tokens/s and peak memory on a fixed workload (scripts/bench_train.sh runs the
+    /// same one in transformers + PEFT).
+    BenchTrain(Box<train::BenchTrainCmd>),
     /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
     /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
     /// folder when no FILES are named. Every file is verified against the Hub's hash.
@@ -774,6 +777,7 @@ fn main() -> ExitCode {
             hub,
         } => download(repo, files, repo_type, *quiet, hub),
         Command::Train(t) => train::train(t),
+        Command::BenchTrain(t) => train::bench_train(t),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use graft_core::AdapterRegistry;
 use serde_json::Value;
 
 use crate::attention::KvCache;
-use crate::base::{Ctx, ModuleTable};
+use crate::base::{Ctx, ModuleTable, Weight};
 use crate::error::{Error, Result};
 use crate::hf_config::{LlamaConfig, OptConfig};
 use crate::llama::Llama;
@@ -261,6 +261,27 @@ impl Model {
     /// The base modules and their parameters (read by the GPU path).
     pub fn table(&self) -> &ModuleTable {
         &self.table
+    }
+
+    /// Expands every quantized base weight to dense f32 (as transformers does when it loads a
+    /// GGUF): for comparisons with an f32 PyTorch model. Returns the bytes the weights now take.
+    pub fn dequantize_weights(&mut self) -> Result<usize> {
+        for p in self.table.params.iter_mut() {
+            if let Weight::Quant(q) = &p.weight {
+                p.weight = Weight::Dense(Tensor::from_vec(
+                    q.dequantize(),
+                    (q.rows, q.cols),
+                    &Device::Cpu,
+                )?);
+            }
+        }
+        // A tied head shares the embedding's (now dense) weight again.
+        if let Arch::Llama(l) = &self.arch {
+            if l.tied {
+                self.table.params[l.head].weight = self.table.params[l.embed].weight.clone();
+            }
+        }
+        Ok(self.table.params.iter().map(|p| p.weight.nbytes()).sum())
     }
 
     /// The longest sequence the model takes (`max_position_embeddings`).
