@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use crate::data::IGNORE_INDEX;
 use crate::error::{Error, Result};
+use crate::ops::{CausalAttention, RmsNorm};
 use crate::params::{TLayer, Trainable};
 
 /// Rows of a quantized weight dequantized at once in the backward pass.
@@ -251,8 +252,12 @@ impl<'a> TrainModel<'a> {
 
     fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
         match self.adapter.saved.get(&n.id) {
+            // A trained norm weight needs its own gradient: candle's ops give it.
             Some(s) => rms_norm(x, s.weight.as_tensor(), n.eps),
-            None => rms_norm(x, &self.dense(n.id)?, n.eps),
+            None => Ok(x.apply_op1(RmsNorm {
+                weight: self.dense(n.id)?.to_vec1::<f32>()?,
+                eps: n.eps as f32,
+            })?),
         }
     }
 
@@ -354,18 +359,7 @@ impl<'a> TrainModel<'a> {
         }
         let cos = Tensor::from_vec(cos, (t, hd), &Device::Cpu)?;
         let sin = Tensor::from_vec(sin, (t, hd), &Device::Cpu)?;
-        let mut mask = vec![0f32; t * t];
-        for i in 0..t {
-            for j in 0..t {
-                let too_far = c.sliding_window.is_some_and(|w| i >= j + w);
-                if j > i || too_far {
-                    mask[i * t + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let groups = nh / nkv;
+        let attention = CausalAttention::new(b, nh, nkv, t, hd, c.sliding_window)?;
         for l in &self.llama.layers {
             let h = self.norm(l.input_norm, &x)?;
             let heads = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -377,22 +371,15 @@ impl<'a> TrainModel<'a> {
             let q = rope(&heads(self.linear(l.q, &h, rng.as_deref_mut())?, nh)?)?;
             let k = rope(&heads(self.linear(l.k, &h, rng.as_deref_mut())?, nkv)?)?;
             let v = heads(self.linear(l.v, &h, rng.as_deref_mut())?, nkv)?;
-            let (k, v) = if groups > 1 {
-                let rep = |y: Tensor| -> Result<Tensor> {
-                    Ok(y.unsqueeze(2)?
-                        .broadcast_as((b, nkv, groups, t, hd))?
-                        .reshape((b, nh, t, hd))?)
-                };
-                (rep(k)?, rep(v)?)
-            } else {
-                (k, v)
-            };
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let m = scores.max_keepdim(D::Minus1)?.detach();
-            let e = scores.broadcast_sub(&m)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-            let a = p
-                .matmul(&v)?
+            let o = q.contiguous()?.apply_op3(
+                &k.contiguous()?,
+                &v,
+                CausalAttention {
+                    mask: attention.mask.clone(),
+                    ..attention
+                },
+            )?;
+            let a = o
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * t, nh * hd))?;

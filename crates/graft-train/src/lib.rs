@@ -17,6 +17,7 @@
 pub mod data;
 pub mod error;
 pub mod forward;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod plot;
