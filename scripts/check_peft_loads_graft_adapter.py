@@ -75,8 +75,11 @@ class _Collect(logging.Handler):
         self.messages.append(f"log[{record.name}]: {record.getMessage()}")
 
 
-def read_logits_file(path):
+def read_logits_file(path, tokens=None):
     t = load_file(path)
+    if tokens is not None:
+        # `graft logits --tokens … --out FILE` writes only the logits.
+        t.setdefault("input_ids", torch.tensor(tokens, dtype=torch.int64))
     for k in ("input_ids", "logits"):
         if k not in t:
             fail(2, f"{path}: no tensor {k!r} (has {sorted(t)})")
@@ -101,11 +104,14 @@ def main():
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--logits", required=True)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--gguf-file", help="the base is this GGUF file inside --base (dequantized by transformers)")
+    ap.add_argument("--tokens", help="comma-separated ids, when the logits file holds no input_ids")
     args = ap.parse_args()
 
     check_versions()
     torch.set_num_threads(1)
-    ids, graft_logits = read_logits_file(args.logits)
+    tokens = [int(x) for x in args.tokens.split(",")] if args.tokens else None
+    ids, graft_logits = read_logits_file(args.logits, tokens)
 
     handler = _Collect()
     for name in ("transformers", "peft"):
@@ -115,7 +121,8 @@ def main():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        base = AutoModelForCausalLM.from_pretrained(args.base, attn_implementation="eager", dtype=torch.float32)
+        kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+        base = AutoModelForCausalLM.from_pretrained(args.base, attn_implementation="eager", dtype=torch.float32, **kw)
         model = PeftModel.from_pretrained(base, args.adapter)
     model.eval()
     msgs = [f"{w.category.__name__}: {w.message}" for w in caught] + handler.messages
