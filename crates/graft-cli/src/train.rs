@@ -313,7 +313,24 @@ pub fn train(c: &TrainCmd) -> CliResult<()> {
             bar.println(format!("checkpoint: {}", path.display()));
         }
     };
-    let out = Output { dir: c.out.clone() };
+    let method = if c.method == "ia3" {
+        "IA3".to_string()
+    } else {
+        format!("LoRA r={}", c.r)
+    };
+    let out = Output {
+        dir: c.out.clone(),
+        title: format!(
+            "graft train · {} · {} · {method}",
+            base.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            c.data
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+    };
     let summary = trainer.train(&train_set, &eval_set, Some(&out), &mut on_event);
     bar.finish_and_clear();
     let summary = summary?;

@@ -114,6 +114,8 @@ pub struct Summary {
 /// Where the run writes (checkpoints, log); `None` trains in memory only (tests, the API).
 pub struct Output {
     pub dir: PathBuf,
+    /// The loss curve's title (e.g. the model, the data and the method).
+    pub title: String,
 }
 
 /// The loop. Owns the trainable copy of adapter `name` of `model`; at the end the trained
@@ -575,7 +577,7 @@ impl<'m> Trainer<'m> {
                 &o.dir.join("loss_curve.svg"),
                 &self.train_losses,
                 &self.eval_losses,
-                "graft train",
+                &o.title,
             )?;
         }
         Ok(Summary {
