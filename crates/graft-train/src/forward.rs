@@ -379,10 +379,7 @@ impl<'a> TrainModel<'a> {
                     ..attention
                 },
             )?;
-            let a = o
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b * t, nh * hd))?;
+            let a = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
             x = (x + self.linear(l.o, &a, rng.as_deref_mut())?)?;
             let h = self.norm(l.post_norm, &x)?;
             let g = self.linear(l.gate, &h, rng.as_deref_mut())?.silu()?;

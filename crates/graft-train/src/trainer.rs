@@ -258,19 +258,13 @@ impl<'m> Trainer<'m> {
             if b.label_count() == 0 {
                 continue;
             }
-            let tf = Instant::now();
             let loss = tm.loss(b, denominator, Some(&mut rng))?;
             let value = loss.to_scalar::<f32>()? as f64;
-            let fwd = tf.elapsed().as_secs_f64();
             loss_sum += value;
             if !value.is_finite() {
                 return Ok((value, grads, tokens));
             }
-            let tb = Instant::now();
             let g = loss.backward()?;
-            if std::env::var_os("GRAFT_TRAIN_PROFILE").is_some() {
-                eprintln!("forward {fwd:.3}s backward {:.3}s", tb.elapsed().as_secs_f64());
-            }
             for (acc, p) in grads.iter_mut().zip(&self.adapter.params) {
                 if let Some(gt) = g.get(p.var.as_tensor()) {
                     let v = gt.flatten_all()?.to_vec1::<f32>()?;
