@@ -319,3 +319,25 @@ fn gradients_match_finite_differences() {
         assert!(checked >= 9, "{name}");
     }
 }
+
+/// Gradient accumulation: two micro-batches of one row give the loss and gradients of one
+/// batch of two rows (the loss is averaged over all labelled tokens of the accumulated batch,
+/// as transformers' Trainer does with `num_items_in_batch`).
+#[test]
+fn accumulated_micro_batches_equal_one_batch() {
+    let case = train_dir().join("lora");
+    let (spec, mut model) = open_case(&case);
+    let data = batch_examples(&case);
+    let tr = Trainer::new(&mut model, "default", args(&spec)).unwrap();
+    let (l1, g1, t1) = tr.gradients(&data, &[vec![0, 1]]).unwrap();
+    let (l2, g2, t2) = tr.gradients(&data, &[vec![0], vec![1]]).unwrap();
+    assert_eq!(t1, t2);
+    assert!((l1 - l2).abs() < 1e-5 * l1.abs(), "{l1} vs {l2}");
+    for (p, (a, b)) in tr.adapter.params.iter().zip(g1.iter().zip(&g2)) {
+        let e = rel_err(a, b);
+        assert!(e < 1e-5, "{}: {e:e}", p.key);
+    }
+    // And the PEFT reference holds for the accumulated form too.
+    let want = vec(&expected(&case)["loss"]);
+    assert!(((l2 as f32 - want[0]) / want[0]).abs() < TOL);
+}
