@@ -259,7 +259,13 @@ pub fn train(c: &TrainCmd) -> CliResult<()> {
     };
     let mut trainer = Trainer::new(&mut model, &name, args)?;
     if let Some(ck) = &checkpoint {
-        trainer.resume_from(ck)?;
+        let saved = trainer.resume_from(ck)?;
+        if saved != trainer.args {
+            eprintln!(
+                "warning: the checkpoint was trained with other settings ({saved:?}); continuing with this command's ({:?}) — a resumed run equals an uninterrupted one only with the same settings",
+                trainer.args
+            );
+        }
         eprintln!(
             "graft: resumed from {} at step {}",
             ck.display(),

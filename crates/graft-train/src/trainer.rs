@@ -391,7 +391,8 @@ impl<'m> Trainer<'m> {
     }
 
     /// Continues from a checkpoint: adapter values, optimizer moments, step and loss history.
-    pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+    /// Returns the arguments the checkpoint was trained with (the caller's stay in force).
+    pub fn resume_from(&mut self, dir: &Path) -> Result<TrainArgs> {
         let ck = |msg: String| Error::Checkpoint {
             path: dir.display().to_string(),
             msg,
@@ -433,7 +434,7 @@ impl<'m> Trainer<'m> {
         self.step = state.step;
         self.train_losses = state.train_losses;
         self.eval_losses = state.eval_losses;
-        Ok(())
+        Ok(state.args)
     }
 
     /// Runs the loop until the planned number of steps. With `out`, writes checkpoints every
