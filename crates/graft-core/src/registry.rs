@@ -319,9 +319,6 @@ impl AdapterRegistry {
                 format!("{}/", a.name)
             };
             let mut cfg = a.config.clone();
-            // PEFT's save_pretrained writes `inference_mode: true` even for an adapter being
-            // trained (it flips the flag for the write only).
-            cfg.set_field("inference_mode", Value::Bool(true));
             if let Some(b) = base_model_name_or_path {
                 cfg.set_field("base_model_name_or_path", Value::String(b.to_string()));
             }

@@ -249,9 +249,13 @@ impl Trainable {
         model.load_adapter_from_state(
             self.config.clone(),
             state,
+            // Recorded as `inference_mode: true`, which is what PEFT's `save_pretrained` (and
+            // the Trainer's checkpoints of a PeftModel) write for a trained adapter. (The
+            // transformers mixin writes the in-memory flag, false after `add_adapter`; graft's
+            // own `save_pretrained` keeps that convention for adapters it did not train.)
             LoadAdapterOptions {
                 adapter_name: Some(self.name.clone()),
-                is_trainable: true,
+                is_trainable: false,
                 ..Default::default()
             },
         )?;
