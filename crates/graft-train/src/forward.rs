@@ -25,21 +25,11 @@ use rayon::prelude::*;
 
 use crate::data::IGNORE_INDEX;
 use crate::error::{Error, Result};
-use crate::ops::{CausalAttention, RmsNorm};
+use crate::ops::{slice_of, CausalAttention, RmsNorm};
 use crate::params::{TLayer, Trainable};
 
 /// Rows of a quantized weight dequantized at once in the backward pass.
 const TILE_ROWS: usize = 256;
-
-fn slice_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(candle_core::Error::Msg(
-            "graft-train: expected a contiguous tensor".into(),
-        )),
-    }
-}
 
 /// `y = x Wᵀ` against a frozen base weight (dense or quantized), with a backward pass for `x`
 /// only.

@@ -327,17 +327,7 @@ impl<'m> Trainer<'m> {
 
     /// Files of a checkpoint: the adapter as PEFT saves it, the optimizer state, the state.
     fn checkpoint_files(&mut self, total: usize) -> Result<Vec<(String, Vec<u8>)>> {
-        self.adapter.commit_to(self.model)?;
-        let mut files = self
-            .model
-            .adapter_files_bytes(Some(&[self.adapter.name.as_str()]))?;
-        // A non-default adapter is saved in a subfolder: flatten it for the checkpoint.
-        let prefix = format!("{}/", self.adapter.name);
-        for f in files.iter_mut() {
-            if let Some(rest) = f.0.strip_prefix(&prefix) {
-                f.0 = rest.to_string();
-            }
-        }
+        let mut files = self.adapter_files()?;
         let mut opt = BTreeMap::new();
         for (i, p) in self.adapter.params.iter().enumerate() {
             let n = self.opt.m[i].len();
@@ -587,6 +577,13 @@ impl<'m> Trainer<'m> {
     /// Writes the trained adapter under `dir` as PEFT's `save_pretrained` does (the files are
     /// complete or absent).
     pub fn save_adapter(&mut self, dir: &Path) -> Result<()> {
+        let files = self.adapter_files()?;
+        write_files_atomic(dir, &files)
+    }
+
+    /// The trained adapter's files as `save_pretrained` writes them, at the top of the folder
+    /// whatever the adapter's name (PEFT puts a non-default name in a subfolder).
+    fn adapter_files(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
         self.adapter.commit_to(self.model)?;
         let mut files = self
             .model
@@ -597,6 +594,6 @@ impl<'m> Trainer<'m> {
                 f.0 = rest.to_string();
             }
         }
-        write_files_atomic(dir, &files)
+        Ok(files)
     }
 }
