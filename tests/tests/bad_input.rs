@@ -1055,7 +1055,7 @@ fn unsupported_model_type() {
     });
     let (e, msg) = open_err(m.path());
     assert!(
-        matches!(&e, ModelError::UnsupportedArchitecture(t) if t == "gpt2"),
+        matches!(&e, ModelError::Arch(graft_arch::Error::UnsupportedArchitecture(t, _)) if t == "gpt2"),
         "{e:?}"
     );
     assert_contains(&msg, &["gpt2", "llama, mistral, opt"]);
@@ -1068,14 +1068,20 @@ fn bad_numbers_in_model_config() {
         c.insert("hidden_size".into(), json!(0));
     });
     let (e, msg) = open_err(m.path());
-    assert!(matches!(e, ModelError::BadModelConfig(_)), "{e:?}");
+    assert!(
+        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig { .. })),
+        "{e:?}"
+    );
     assert_contains(&msg, &["hidden_size"]);
     let m = model_copy("llama");
     edit_model_config(m.path(), |c| {
         c.remove("vocab_size");
     });
     let (e, msg) = open_err(m.path());
-    assert!(matches!(e, ModelError::BadModelConfig(_)), "{e:?}");
+    assert!(
+        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig { .. })),
+        "{e:?}"
+    );
     assert_contains(&msg, &["vocab_size"]);
 }
 

@@ -106,10 +106,13 @@ enum Command {
         #[arg(long)]
         synthetic: bool,
     },
-    /// The load report of an adapter: method, targeted modules, ranks and scales, tensors used.
+    /// The configuration of a model as graft understood it (every value, where it came from,
+    /// the keys nothing reads), and the load report of an adapter: method, targeted modules,
+    /// ranks and scales, tensors used.
+    #[command(arg_required_else_help = true)]
     Inspect {
         /// Adapter folder (adapter_config.json + adapter_model.safetensors) or Hub repo id.
-        adapter: String,
+        adapter: Option<String>,
         /// Base model (default: the adapter's base_model_name_or_path, if it is local or cached).
         #[arg(long)]
         model: Option<String>,
@@ -626,12 +629,22 @@ fn bench(
 }
 
 fn inspect(
-    spec: &str,
+    spec: Option<&str>,
     model: Option<&str>,
     allow_partial: bool,
     hub_args: &HubArgs,
 ) -> CliResult<()> {
     let hub = hub_args.hub();
+    let Some(spec) = spec else {
+        let Some(model) = model else {
+            return Err("inspect needs an adapter, or --model".into());
+        };
+        let base = graft_models::hub::resolve(&hub, model, hub_args.revision.as_deref(), None)?;
+        let m = Model::open_base(&base.base)?;
+        println!("model: {}", base.base.display());
+        print!("{}", m.understood());
+        return Ok(());
+    };
     let adapter = graft_models::hub::adapter_dir(&hub, spec, hub_args.revision.as_deref(), None)?;
     let files = read_adapter_dir(&adapter, None)?;
     let cfg = &files.config;
@@ -676,6 +689,7 @@ fn inspect(
     };
     let mut m = Model::open_base(&base)?;
     println!("base: {}", base.display());
+    print!("{}", m.understood());
     let opts = LoadAdapterOptions {
         allow_partial,
         ..Default::default()
@@ -768,7 +782,7 @@ fn main() -> ExitCode {
             model,
             allow_partial,
             hub,
-        } => inspect(adapter, model.as_deref(), *allow_partial, hub),
+        } => inspect(adapter.as_deref(), model.as_deref(), *allow_partial, hub),
         Command::Download {
             repo,
             files,

@@ -222,3 +222,61 @@ fn errors_are_messages_not_panics() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("out of range"));
 }
+
+/// A model folder from the config-styles fixture, with its transformers-5 config.
+fn v5_model_dir(case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = fixtures().join("config_styles").join(case);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.v5.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(
+        d.path().join("config.json"),
+        serde_json::to_vec_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    d
+}
+
+#[test]
+fn inspect_model_prints_the_configuration_as_understood() {
+    let d = v5_model_dir("llama_theta5000", |_| {});
+    let o = graft(&["inspect", "--model", d.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8(o.stdout).unwrap();
+    assert!(s.contains("read as transformers' LlamaConfig"), "{s}");
+    assert!(
+        s.contains("default, theta 5000  (from `rope_parameters`)"),
+        "{s}"
+    );
+    assert!(s.contains("transformers 5.25.0"), "{s}");
+}
+
+#[test]
+fn a_refused_config_key_is_named_with_its_value() {
+    let d = v5_model_dir("llama_theta5000", |c| {
+        c["rope_parameters"]["rope_type"] = serde_json::json!("yarn")
+    });
+    let o = graft(&[
+        "logits",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--tokens",
+        "1,2",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`rope_parameters.rope_type` = \"yarn\" is not supported"),
+        "{err}"
+    );
+}

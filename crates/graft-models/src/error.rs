@@ -6,6 +6,8 @@
 pub enum Error {
     #[error(transparent)]
     Core(#[from] graft_core::Error),
+    #[error(transparent)]
+    Arch(#[from] graft_arch::Error),
     #[error("{dir}: no config.json; a model folder holds config.json and model.safetensors (or a sharded model.safetensors.index.json)")]
     NoModelConfig { dir: String },
     #[error("{dir}: no weights found (model.safetensors or model.safetensors.index.json){hint}")]

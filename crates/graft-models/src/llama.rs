@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use crate::attention::rope_in_place;
 use crate::base::{Ctx, ModuleTable, Norm};
 use crate::error::Result;
-use crate::hf_config::{LlamaConfig, RopeScaling};
+use crate::hf_config::LlamaConfig;
 use crate::weights::WeightStore;
 
 /// One decoder layer: module ids into the [`ModuleTable`] (read by the GPU path).
@@ -118,7 +118,7 @@ impl Llama {
         // A tied checkpoint has no lm_head.weight; an untied one must have it.
         let tied = cfg.tie_word_embeddings;
         let head = t.head(w, "lm_head", h, cfg.vocab_size, tied.then_some(embed))?;
-        let inv_freq = rope_inv_freq(&cfg);
+        let inv_freq = cfg.rope.inv_freq(cfg.head_dim);
         Ok(Llama {
             cfg,
             embed,
@@ -171,39 +171,4 @@ impl Llama {
             ctx.linear(self.head, &x)
         }
     }
-}
-
-fn rope_inv_freq(c: &LlamaConfig) -> Vec<f32> {
-    let d = c.head_dim;
-    let base: Vec<f64> = (0..d / 2)
-        .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f64 / d as f64))
-        .collect();
-    let scaled: Vec<f64> = match c.rope_scaling {
-        RopeScaling::None => base,
-        RopeScaling::Linear(f) => base.iter().map(|x| x / f).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let low_wl = original_max_position_embeddings / low_freq_factor;
-            let high_wl = original_max_position_embeddings / high_freq_factor;
-            base.iter()
-                .map(|&f| {
-                    let wl = 2.0 * std::f64::consts::PI / f;
-                    if wl > low_wl {
-                        f / factor
-                    } else if wl < high_wl {
-                        f
-                    } else {
-                        let s = (original_max_position_embeddings / wl - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - s) * f / factor + s * f
-                    }
-                })
-                .collect()
-        }
-    };
-    scaled.into_iter().map(|f| f as f32).collect()
 }

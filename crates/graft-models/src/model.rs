@@ -17,11 +17,12 @@ use serde_json::Value;
 use crate::attention::KvCache;
 use crate::base::{Ctx, ModuleTable, Weight};
 use crate::error::{Error, Result};
-use crate::hf_config::{LlamaConfig, OptConfig};
 use crate::llama::Llama;
 use crate::opt::Opt;
 use crate::sampling::{Sampler, Sampling};
 use crate::weights::WeightStore;
+use graft_arch::arch::ArchConfig;
+use graft_arch::Understood;
 
 /// The architectures graft runs.
 pub enum Arch {
@@ -95,6 +96,8 @@ pub struct Model {
     gguf_file: Option<std::sync::Arc<Vec<u8>>>,
     /// `config.json` (or its GGUF equivalent).
     pub config: Value,
+    /// The configuration as graft understood it (what `graft inspect --model` prints).
+    understood: Understood,
     /// Modules that `--quantize` left in f32 because their shape does not fit the blocks.
     pub kept_dense: Vec<String>,
     /// The threads matmuls split rows across. A forward pass runs on one of them, so that the
@@ -148,7 +151,14 @@ impl Model {
         }
         let cfg = read_json(&cfg_path)?;
         let weights = WeightStore::open(path)?;
-        Self::from_parts(&cfg, &weights, path.display().to_string(), opts.quantize)
+        let label = cfg_path.display().to_string();
+        Self::build(
+            &cfg,
+            &label,
+            &weights,
+            path.display().to_string(),
+            opts.quantize,
+        )
     }
 
     /// A Llama-family model from the bytes of a `.gguf` file (at most 64 GiB), as
@@ -161,7 +171,8 @@ impl Model {
         let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
         let bytes = file.bytes.clone();
         drop(file); // the parsed metadata (~100k vocabulary strings) is not kept
-        let mut m = Self::from_parts(&cfg, &weights, name_or_path.to_string(), None)?;
+        let label = format!("{name_or_path} (GGUF metadata)");
+        let mut m = Self::build(&cfg, &label, &weights, name_or_path.to_string(), None)?;
         m.gguf_file = Some(bytes);
         Ok(m)
     }
@@ -180,12 +191,31 @@ impl Model {
     ) -> Result<Self> {
         let cfg = parse_json(config_json, &format!("{name_or_path}/config.json"))?;
         let weights = WeightStore::from_safetensors_bytes(weight_files, name_or_path)?;
-        Self::from_parts(&cfg, &weights, name_or_path.to_string(), opts.quantize)
+        let label = format!("{name_or_path}/config.json");
+        Self::build(
+            &cfg,
+            &label,
+            &weights,
+            name_or_path.to_string(),
+            opts.quantize,
+        )
     }
 
     /// Builds a model from a parsed `config.json` and its weights.
     pub fn from_parts(
         cfg: &Value,
+        weights: &WeightStore,
+        name_or_path: String,
+        quantize: Option<graft_quant::QType>,
+    ) -> Result<Self> {
+        Self::build(cfg, "config.json", weights, name_or_path, quantize)
+    }
+
+    /// [`Model::from_parts`], naming the configuration's source (`…/config.json`, a GGUF file's
+    /// metadata) in errors and in [`Model::understood`].
+    fn build(
+        cfg: &Value,
+        config_source: &str,
         weights: &WeightStore,
         name_or_path: String,
         quantize: Option<graft_quant::QType>,
@@ -197,18 +227,16 @@ impl Model {
             .to_string();
         let mut table = ModuleTable::new(&model_type);
         table.quantize = quantize;
-        let (arch, vocab_size, max_positions) = match model_type.as_str() {
-            "llama" | "mistral" => {
-                let c = LlamaConfig::from_json(cfg)?;
+        let (config, understood) = graft_arch::arch::read_config(cfg, config_source)?;
+        let (arch, vocab_size, max_positions) = match config {
+            ArchConfig::Llama(c) => {
                 let (v, m) = (c.vocab_size, c.max_position_embeddings);
                 (Arch::Llama(Llama::build(c, weights, &mut table)?), v, m)
             }
-            "opt" => {
-                let c = OptConfig::from_json(cfg)?;
+            ArchConfig::Opt(c) => {
                 let (v, m) = (c.vocab_size, c.max_position_embeddings);
                 (Arch::Opt(Opt::build(c, weights, &mut table)?), v, m)
             }
-            other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         let registry = AdapterRegistry::new(table.inventory.clone());
         let kept_dense = table.kept_dense.clone();
@@ -221,6 +249,7 @@ impl Model {
             max_positions,
             gguf_file: None,
             config: cfg.clone(),
+            understood,
             kept_dense,
             pool: worker_pool(Threading::Pool),
         })
@@ -282,6 +311,12 @@ impl Model {
             }
         }
         Ok(self.table.params.iter().map(|p| p.weight.nbytes()).sum())
+    }
+
+    /// The configuration as graft understood it: every value used, with where it came from,
+    /// and the keys nothing reads.
+    pub fn understood(&self) -> &Understood {
+        &self.understood
     }
 
     /// The longest sequence the model takes (`max_position_embeddings`).

@@ -57,12 +57,6 @@ impl Opt {
         } else {
             (None, None)
         };
-        let affine = cfg.layer_norm_elementwise_affine;
-        if !affine {
-            return Err(crate::Error::BadModelConfig(
-                "layer_norm_elementwise_affine=false is not supported".into(),
-            ));
-        }
         let final_norm = if cfg.do_layer_norm_before && !cfg.remove_final_layer_norm {
             Some(t.norm(w, &format!("{p}.final_layer_norm"), h, true, eps, false)?)
         } else {

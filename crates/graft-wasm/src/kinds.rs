@@ -5,6 +5,7 @@ pub fn model_error_kind(e: &graft_models::Error) -> &'static str {
     use graft_models::Error as E;
     match e {
         E::Core(c) => core_error_kind(c),
+        E::Arch(a) => arch_error_kind(a),
         E::Hub(h) => h.kind(),
         E::NoModelConfig { .. } | E::BadModelConfig(_) => "ModelConfig",
         E::NoWeights { .. } | E::MissingWeight { .. } | E::WeightShape { .. } => "ModelWeights",
@@ -12,6 +13,21 @@ pub fn model_error_kind(e: &graft_models::Error) -> &'static str {
         E::TokenOutOfRange { .. } => "TokenOutOfRange",
         E::TooLong { .. } => "TooLong",
         E::BaseModel(_) => "BaseModel",
+        E::Gguf(_) => "Gguf",
+        E::Candle(_) => "Tensor",
+        _ => "ModelError",
+    }
+}
+
+/// The kind of a model-description error (configuration, weights, GGUF).
+pub fn arch_error_kind(e: &graft_arch::Error) -> &'static str {
+    use graft_arch::Error as E;
+    match e {
+        E::Core(c) => core_error_kind(c),
+        E::BadConfig { .. } | E::NoModelConfig { .. } => "ModelConfig",
+        E::UnsupportedConfig { .. } => "UnsupportedConfig",
+        E::UnsupportedArchitecture(..) => "UnsupportedArchitecture",
+        E::NoWeights { .. } | E::MissingWeight { .. } | E::WeightShape { .. } => "ModelWeights",
         E::Gguf(_) => "Gguf",
         E::Candle(_) => "Tensor",
         _ => "ModelError",
