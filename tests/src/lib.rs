@@ -89,6 +89,35 @@ pub fn test_gpu() -> Option<graft_gpu::Gpu> {
     }
 }
 
+/// The devices every conformance test body runs on, with the tolerance against PEFT's logits
+/// on each (|diff| ≤ tol·max(1, |ref|)): the CPU (1e-4) and, where a GPU adapter exists, the
+/// GPU (1e-3; with `GRAFT_REQUIRE_GPU=1` it must exist).
+pub fn devices() -> Vec<(graft_models::Device, f32)> {
+    let mut v = vec![(graft_models::Device::Cpu, 1e-4)];
+    if test_gpu().is_some() {
+        v.push((graft_models::Device::Gpu, 1e-3));
+    }
+    v
+}
+
+/// Moves `model` to `device`, on the GPU the tests share (a KV cache of `max_context`
+/// positions, or the model's default).
+pub fn to_device(
+    model: &mut graft_models::Model,
+    device: graft_models::Device,
+    max_context: Option<usize>,
+) {
+    let opts = graft_models::DeviceOptions {
+        max_context,
+        open_gpu: test_gpu(),
+        ..Default::default()
+    };
+    let r = model
+        .set_device(device, &opts)
+        .unwrap_or_else(|e| panic!("{device:?}: {e}"));
+    assert_eq!(r.device, device, "{r}");
+}
+
 /// The real model's GGUF (fetched by scripts/fetch_default_model.sh), or `None` with a message.
 /// With GRAFT_REQUIRE_REAL_MODEL set (CI), a missing file fails the test instead.
 pub fn real_model() -> Option<PathBuf> {

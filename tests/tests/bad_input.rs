@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_arch::Error as ArchError;
 use graft_core::tensors::{load_safetensors, serialize_safetensors, LoadedTensor};
 use graft_core::Error as CoreError;
 use graft_models::{Error as ModelError, LoadAdapterOptions, Model};
@@ -1038,7 +1039,7 @@ fn model_folder_without_weights() {
     std::fs::remove_file(m.path().join("model.safetensors")).expect("rm");
     let (e, msg) = open_err(m.path());
     assert!(
-        matches!(e, ModelError::NoWeights { .. }),
+        matches!(e, ModelError::Arch(ArchError::NoWeights { .. })),
         "expected NoWeights, got {e:?}"
     );
     assert_contains(&msg, &["model.safetensors"]);
@@ -1069,7 +1070,7 @@ fn bad_numbers_in_model_config() {
     });
     let (e, msg) = open_err(m.path());
     assert!(
-        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig { .. })),
+        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig(_))),
         "{e:?}"
     );
     assert_contains(&msg, &["hidden_size"]);
@@ -1079,7 +1080,7 @@ fn bad_numbers_in_model_config() {
     });
     let (e, msg) = open_err(m.path());
     assert!(
-        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig { .. })),
+        matches!(e, ModelError::Arch(graft_arch::Error::BadConfig(_))),
         "{e:?}"
     );
     assert_contains(&msg, &["vocab_size"]);
@@ -1095,7 +1096,7 @@ fn model_weight_missing() {
     write_tensors(&p, &t);
     let (e, msg) = open_err(m.path());
     assert!(
-        matches!(&e, ModelError::MissingWeight { name: n } if n == name),
+        matches!(&e, ModelError::Arch(ArchError::MissingWeight { name: n }) if n == name),
         "{e:?}"
     );
     assert_contains(&msg, &[name, "missing"]);
@@ -1111,11 +1112,11 @@ fn model_weight_with_wrong_shape() {
     write_tensors(&p, &t);
     let (e, msg) = open_err(m.path());
     match &e {
-        ModelError::WeightShape {
+        ModelError::Arch(ArchError::WeightShape {
             name: n,
             expected,
             got,
-        } => {
+        }) => {
             assert_eq!(n, name);
             assert_eq!(expected, &[16, 32]);
             assert_eq!(got, &[32, 32]);
@@ -1149,7 +1150,10 @@ fn sharded_index_escaping_the_folder() {
     map.insert(first, json!("../../etc/passwd"));
     std::fs::write(&p, serde_json::to_string(&v).expect("json")).expect("write");
     let (e, msg) = open_err(m.path());
-    assert!(matches!(e, ModelError::BadModelConfig(_)), "{e:?}");
+    assert!(
+        matches!(e, ModelError::Arch(ArchError::BadWeightFiles(_))),
+        "{e:?}"
+    );
     assert_contains(&msg, &["../../etc/passwd"]);
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use graft_arch::config::{Key, Rule};
 use graft_core::tensors::load_safetensors;
 use graft_models::{LoadAdapterOptions, Model, OpenOptions};
-use graft_tests::{assert_close, fixtures};
+use graft_tests::{assert_close, devices, fixtures, to_device};
 use serde_json::{json, Value};
 
 const TOL: f32 = 1e-4;
@@ -59,35 +59,40 @@ fn reference(case: &str, file: &str) -> candle_core::Tensor {
         .clone()
 }
 
+/// On every device (1e-4 on the CPU, 1e-3 on a GPU).
 #[test]
 fn both_styles_give_identical_logits_equal_to_transformers() {
-    for case in CASES {
-        let toks = tokens(case);
-        let v4 = open_with(case, &config(case, "v4")).unwrap();
-        let v5 = open_with(case, &config(case, "v5")).unwrap();
-        let (a, b) = (v4.logits(&toks).unwrap(), v5.logits(&toks).unwrap());
-        assert_eq!(
-            graft_tests::max_abs_diff(&a, &b),
-            0.0,
-            "{case}: the two styles differ"
-        );
-        assert_close(
-            &format!("{case} (transformers 4.57.1)"),
-            &a,
-            &reference(case, "logits.v4.safetensors"),
-            TOL,
-        );
-        assert_close(
-            &format!("{case} (transformers 5.25.0)"),
-            &b,
-            &reference(case, "logits.v5.safetensors"),
-            TOL,
-        );
-        assert_eq!(
-            v4.understood().get("rope"),
-            v5.understood().get("rope"),
-            "{case}"
-        );
+    for (device, tol) in devices() {
+        for case in CASES {
+            let toks = tokens(case);
+            let mut v4 = open_with(case, &config(case, "v4")).unwrap();
+            let mut v5 = open_with(case, &config(case, "v5")).unwrap();
+            to_device(&mut v4, device, None);
+            to_device(&mut v5, device, None);
+            let (a, b) = (v4.logits(&toks).unwrap(), v5.logits(&toks).unwrap());
+            assert_eq!(
+                graft_tests::max_abs_diff(&a, &b),
+                0.0,
+                "{case}: the two styles differ ({device:?})"
+            );
+            assert_close(
+                &format!("{case} (transformers 4.57.1, {device:?})"),
+                &a,
+                &reference(case, "logits.v4.safetensors"),
+                tol,
+            );
+            assert_close(
+                &format!("{case} (transformers 5.25.0, {device:?})"),
+                &b,
+                &reference(case, "logits.v5.safetensors"),
+                tol,
+            );
+            assert_eq!(
+                v4.understood().get("rope"),
+                v5.understood().get("rope"),
+                "{case}"
+            );
+        }
     }
 }
 
@@ -129,7 +134,7 @@ fn an_adapter_on_a_transformers_5_model_gives_peft_logits() {
 }
 
 /// Greedy generation through the KV cache (Mistral's window of 5 slides over it) equals
-/// transformers 5's `generate`, in both styles.
+/// transformers 5's `generate`, in both styles, on every device.
 #[test]
 fn greedy_generation_matches_transformers_5() {
     for case in ["llama3", "mistral_window"] {
@@ -143,11 +148,14 @@ fn greedy_generation_matches_transformers_5() {
                 .map(|t| t.as_u64().unwrap() as u32)
                 .collect()
         };
-        for style in ["v4", "v5"] {
-            let m = open_with(case, &config(case, style)).unwrap();
-            let n = g["max_new_tokens"].as_u64().unwrap() as usize;
-            let got = m.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
-            assert_eq!(got, ids(&g["tokens"]), "{case} ({style})");
+        for (device, _) in devices() {
+            for style in ["v4", "v5"] {
+                let mut m = open_with(case, &config(case, style)).unwrap();
+                to_device(&mut m, device, None);
+                let n = g["max_new_tokens"].as_u64().unwrap() as usize;
+                let got = m.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
+                assert_eq!(got, ids(&g["tokens"]), "{case} ({style}, {device:?})");
+            }
         }
     }
 }

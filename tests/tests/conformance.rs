@@ -1,42 +1,52 @@
 //! graft's logits against the logits real PEFT 0.21.2 computed (tests/fixtures, made by
-//! tests/fixtures/gen_fixtures.py). Tolerance: |diff| ≤ 1e-4·max(1, |ref|).
+//! tests/fixtures/gen_fixtures.py), on every device (the same test body): |diff| ≤
+//! tol·max(1, |ref|), 1e-4 on the CPU and 1e-3 on a GPU; greedy generation token for token.
 
 use std::path::Path;
 
 use graft_core::tensors::load_safetensors;
 use graft_models::Model;
-use graft_tests::{apply_run, assert_close, case_tokens, fixtures, load_case};
+use graft_tests::{apply_run, assert_close, case_tokens, devices, fixtures, load_case, to_device};
 use serde_json::Value;
-
-const TOL: f32 = 1e-4;
 
 fn run_case(name: &str) {
     let dir = fixtures().join("cases").join(name);
-    let (case, mut model) = load_case(&dir);
     let refs = load_safetensors(&dir.join("logits.safetensors")).unwrap();
-    let toks = case_tokens(&case);
-    for run in case["runs"].as_array().unwrap() {
-        let run_name = run["name"].as_str().unwrap();
-        apply_run(&mut model, run);
-        let got = model.logits(&toks).unwrap();
-        assert_close(
-            &format!("{name}/{run_name}"),
-            &got,
-            &refs[run_name].tensor,
-            TOL,
-        );
+    for (device, tol) in devices() {
+        let (case, mut model) = load_case(&dir);
+        to_device(&mut model, device, None);
+        let toks = case_tokens(&case);
+        for run in case["runs"].as_array().unwrap() {
+            let run_name = run["name"].as_str().unwrap();
+            apply_run(&mut model, run);
+            let got = model.logits(&toks).unwrap();
+            assert_close(
+                &format!("{name}/{run_name} ({device:?})"),
+                &got,
+                &refs[run_name].tensor,
+                tol,
+            );
+        }
     }
 }
 
 fn base_logits(model: &str) {
     let dir = fixtures().join("models").join(model);
-    let m = Model::open_base(&dir).unwrap();
     let case: Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("cases/lora_qv/case.json")).unwrap())
             .unwrap();
-    let got = m.logits(&case_tokens(&case)).unwrap();
     let r = load_safetensors(Path::new(&dir.join("base_logits.safetensors"))).unwrap();
-    assert_close(&format!("base {model}"), &got, &r["logits"].tensor, TOL);
+    for (device, tol) in devices() {
+        let mut m = Model::open_base(&dir).unwrap();
+        to_device(&mut m, device, None);
+        let got = m.logits(&case_tokens(&case)).unwrap();
+        assert_close(
+            &format!("base {model} ({device:?})"),
+            &got,
+            &r["logits"].tensor,
+            tol,
+        );
+    }
 }
 
 #[test]
@@ -98,23 +108,32 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Greedy generation through the KV cache equals PEFT's `generate(do_sample=False)`.
+/// Greedy generation through the KV cache equals PEFT's `generate(do_sample=False)`, on every
+/// device.
 #[test]
 fn greedy_generation_matches_peft() {
+    for (device, _) in devices() {
+        greedy_generation_on(device);
+    }
+}
+
+fn greedy_generation_on(device: graft_models::Device) {
     let mut checked = 0;
     for model in ["llama", "llama-tied", "opt"] {
         let dir = fixtures().join("models").join(model);
         let g: Value =
             serde_json::from_slice(&std::fs::read(dir.join("generation.json")).unwrap()).unwrap();
-        let m = Model::open_base(&dir).unwrap();
+        let mut m = Model::open_base(&dir).unwrap();
+        to_device(&mut m, device, None);
         let n = g["max_new_tokens"].as_u64().unwrap() as usize;
         let got = m.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
-        assert_eq!(got, ids(&g["tokens"]), "base {model}");
+        assert_eq!(got, ids(&g["tokens"]), "base {model} ({device:?})");
         checked += 1;
     }
     for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
         let dir = entry.unwrap().path();
         let (case, mut model) = load_case(&dir);
+        to_device(&mut model, device, None);
         let Some(g) = case.get("generation") else {
             continue;
         };
@@ -134,7 +153,7 @@ fn greedy_generation_matches_peft() {
                 .collect();
             model.set_adapter(&active).unwrap();
             let got = model.generate(&ids(&g["prompt"]), n, &[], |_| {}).unwrap();
-            assert_eq!(got, ids(want), "{}/{run_name}", dir.display());
+            assert_eq!(got, ids(want), "{}/{run_name} ({device:?})", dir.display());
             checked += 1;
         }
     }

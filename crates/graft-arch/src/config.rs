@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigProblem, Error, Result};
 
 /// How graft treats one configuration key.
 #[derive(Clone, Copy)]
@@ -283,10 +283,13 @@ impl<'a> ConfigReader<'a> {
         class: &'static str,
         arch_keys: &[Key],
     ) -> Result<Self> {
-        let obj = cfg.as_object().ok_or_else(|| Error::BadConfig {
-            source_name: source_name.into(),
-            key: "(top level)".into(),
-            problem: "must be a JSON object".into(),
+        let obj = cfg.as_object().ok_or_else(|| {
+            Error::BadConfig(Box::new(ConfigProblem {
+                source_name: source_name.into(),
+                key: "(top level)".into(),
+                value: None,
+                problem: "must be a JSON object".into(),
+            }))
         })?;
         let keys: Vec<Key> = COMMON_KEYS.iter().chain(arch_keys).copied().collect();
         let r = ConfigReader {
@@ -328,21 +331,22 @@ impl<'a> ConfigReader<'a> {
 
     /// An error for a key with a value graft does not implement.
     pub fn unsupported(&self, key: &str, value: &Value, why: &str) -> Error {
-        Error::UnsupportedConfig {
+        Error::UnsupportedConfig(Box::new(ConfigProblem {
             source_name: self.source_name.clone(),
             key: key.into(),
-            value: show(value),
-            why: why.into(),
-        }
+            value: Some(show(value)),
+            problem: why.into(),
+        }))
     }
 
     /// An error for a key that is missing, mistyped or impossible.
     pub fn bad(&self, key: &str, problem: impl Into<String>) -> Error {
-        Error::BadConfig {
+        Error::BadConfig(Box::new(ConfigProblem {
             source_name: self.source_name.clone(),
             key: key.into(),
+            value: None,
             problem: problem.into(),
-        }
+        }))
     }
 
     /// The raw value of `key` (None when absent or null), marking it read. Reading a key the

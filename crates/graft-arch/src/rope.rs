@@ -228,15 +228,17 @@ fn one(
     // `rope_type` and its transformers-4 spelling `type`: transformers 4 lets `type` win,
     // 5 lets `rope_type` win, so two different values are refused.
     let ty = match (o.get("rope_type"), o.get("type")) {
-        (Some(a), Some(b)) if a != b => return Err(r.unsupported(
-            &sub("rope_type"),
-            a,
-            &format!(
+        (Some(a), Some(b)) if a != b => {
+            return Err(r.unsupported(
+                &sub("rope_type"),
+                a,
+                &format!(
                 "`{}` = {} disagrees with it (transformers 4 reads `type`, 5 reads `rope_type`)",
                 sub("type"),
                 show(b)
             ),
-        )),
+            ))
+        }
         (Some(v), _) | (None, Some(v)) => v
             .as_str()
             .ok_or_else(|| r.bad(&sub("rope_type"), format!("= {} must be a string", show(v))))?

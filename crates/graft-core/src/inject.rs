@@ -218,11 +218,14 @@ impl Problems {
         }
         let _ = write!(
             s,
-            "\n  (pass allow_partial / --allow-partial to load what matches anyway)"
+            "\n  (a partial load, allow_partial, loads what matches anyway)"
         );
         s
     }
 }
+
+/// Tensors of one module, by role: (key without `base_model.model.`, tensor).
+type ByModule = HashMap<usize, HashMap<Role, (String, LoadedTensor)>>;
 
 /// Injects `config` + `tensors` (keys with or without `base_model.model.`) into the modules of
 /// `inventory`. `base_weight(i)` gives module i's base weight (needed for DoRA's norm).
@@ -237,14 +240,67 @@ pub fn build_adapter(
     validate_name(name)?;
     let mut config = config;
     config.resolve_defaults(&inventory.model_type)?;
-    let matcher = Matcher::new(&config, &inventory.model_type)?;
     let mut report = LoadReport {
         method: describe_method(&config),
         warnings: config.warnings.clone(),
         ..LoadReport::default()
     };
+    let (targets, saved) = select_modules(&config, inventory, &mut report)?;
+    let mut problems = Problems::default();
+    let n_tensors = tensors.len();
+    let by_module = sort_tensors(tensors, &config, inventory, &targets, &saved, &mut problems)?;
+    let mut adapter = Adapter {
+        name: name.to_string(),
+        config,
+        layers: HashMap::new(),
+        saved_modules: HashMap::new(),
+        base_params: HashMap::new(),
+        state: BTreeMap::new(),
+        report,
+    };
+    let mut used = attach_layers(
+        &mut adapter,
+        &targets,
+        &by_module,
+        inventory,
+        base_weight,
+        &mut problems,
+    )?;
+    used += attach_params(&mut adapter, &by_module, &saved, inventory, &mut problems);
+    check_complete(&adapter, &targets, &saved, inventory, &mut problems);
+    if !problems.is_empty() {
+        if opts.allow_partial {
+            let text = problems.render(inventory, n_tensors, used);
+            adapter
+                .report
+                .warnings
+                .push(format!("partial load accepted:\n{text}"));
+        } else {
+            return Err(Error::AdapterMismatch {
+                adapter: name.to_string(),
+                report: problems.render(inventory, n_tensors, used),
+            });
+        }
+    }
+    if adapter.layers.is_empty() && adapter.saved_modules.is_empty() {
+        return Err(Error::AdapterMismatch {
+            adapter: name.to_string(),
+            report: "  nothing of the adapter could be attached: it would silently do nothing"
+                .into(),
+        });
+    }
+    zero_effect_warning(&mut adapter)?;
+    Ok(adapter)
+}
 
-    // 1. Which modules are targeted, which are saved whole.
+/// Which modules are targeted (PEFT's matching) and which are saved whole
+/// (`modules_to_save`); rank/alpha pattern keys that match no target are warned about.
+fn select_modules(
+    config: &AdapterConfig,
+    inventory: &ModuleInventory,
+    report: &mut LoadReport,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let matcher = Matcher::new(config, &inventory.model_type)?;
     let mut targets: Vec<usize> = Vec::new();
     let mut unsupported: Vec<String> = Vec::new();
     for (i, m) in inventory.modules.iter().enumerate() {
@@ -278,7 +334,7 @@ pub fn build_adapter(
         .modules
         .iter()
         .enumerate()
-        .filter(|(_, m)| is_module_to_save(&config, &m.path))
+        .filter(|(_, m)| is_module_to_save(config, &m.path))
         .map(|(i, _)| i)
         .collect();
     if let Some(mts) = &config.modules_to_save {
@@ -319,11 +375,20 @@ pub fn build_adapter(
             ));
         }
     }
+    Ok((targets, saved))
+}
 
-    // 2. Sort the tensors by module and role.
-    let mut problems = Problems::default();
-    let mut by_module: HashMap<usize, HashMap<Role, (String, LoadedTensor)>> = HashMap::new();
-    let n_tensors = tensors.len();
+/// Sorts the tensors by module and role; a tensor no targeted or saved module takes is
+/// unexpected.
+fn sort_tensors(
+    tensors: BTreeMap<String, LoadedTensor>,
+    config: &AdapterConfig,
+    inventory: &ModuleInventory,
+    targets: &[usize],
+    saved: &[usize],
+    problems: &mut Problems,
+) -> Result<ByModule> {
+    let mut by_module: ByModule = HashMap::new();
     for (raw_key, t) in tensors {
         let key = strip_prefix(&raw_key).to_string();
         let found = SUFFIXES.iter().find_map(|(suf, role)| {
@@ -362,30 +427,24 @@ pub fn build_adapter(
         check_finite(&raw_key, &t.tensor)?;
         by_module.entry(i).or_default().insert(role, (key, t));
     }
+    Ok(by_module)
+}
 
-    // 3. Build each target's layer, checking shapes.
-    let mut adapter = Adapter {
-        name: name.to_string(),
-        config,
-        layers: HashMap::new(),
-        saved_modules: HashMap::new(),
-        base_params: HashMap::new(),
-        state: BTreeMap::new(),
-        report,
-    };
+/// Builds each target's layer, checking shapes; returns how many tensors were used.
+fn attach_layers(
+    adapter: &mut Adapter,
+    targets: &[usize],
+    by_module: &ByModule,
+    inventory: &ModuleInventory,
+    base_weight: &dyn Fn(usize) -> Result<Tensor>,
+    problems: &mut Problems,
+) -> Result<usize> {
     let mut used = 0usize;
     let empty = HashMap::new();
-    for &i in &targets {
+    for &i in targets {
         let m = &inventory.modules[i];
         let got = by_module.get(&i).unwrap_or(&empty);
-        match build_layer(
-            &adapter.config,
-            i,
-            inventory,
-            got,
-            base_weight,
-            &mut problems,
-        )? {
+        match build_layer(&adapter.config, i, inventory, got, base_weight, problems)? {
             Some((layer, rep)) => {
                 for k in &rep.tensors {
                     if let Some((_, (key, t))) = got.iter().find(|(_, (key, _))| key == k) {
@@ -402,8 +461,20 @@ pub fn build_adapter(
                 .push(format!("{}: no adapter (partial load)", m.path)),
         }
     }
-    // modules_to_save copies, saved biases and base-layer weights.
-    for (&i, roles) in &by_module {
+    Ok(used)
+}
+
+/// Attaches `modules_to_save` copies, saved biases and base-layer weights (each checked
+/// against the module's parameter shapes); returns how many tensors were used.
+fn attach_params(
+    adapter: &mut Adapter,
+    by_module: &ByModule,
+    saved: &[usize],
+    inventory: &ModuleInventory,
+    problems: &mut Problems,
+) -> usize {
+    let mut used = 0usize;
+    for (&i, roles) in by_module {
         let m = &inventory.modules[i];
         let shapes = m.param_shapes();
         for (role, (key, t)) in roles {
@@ -456,8 +527,19 @@ pub fn build_adapter(
             used += 1;
         }
     }
-    // Every modules_to_save module must come with its parameters.
-    for &i in &saved {
+    used
+}
+
+/// What must come with the adapter: every parameter of a `modules_to_save` module, and with
+/// `bias="lora_only"` the bias of every targeted Linear that has one.
+fn check_complete(
+    adapter: &Adapter,
+    targets: &[usize],
+    saved: &[usize],
+    inventory: &ModuleInventory,
+    problems: &mut Problems,
+) {
+    for &i in saved {
         let m = &inventory.modules[i];
         for (param, _) in m.param_shapes() {
             let have = adapter.saved_modules.get(&i).is_some_and(|p| {
@@ -474,9 +556,8 @@ pub fn build_adapter(
             }
         }
     }
-    // bias="lora_only": every targeted Linear with a bias should carry it.
     if adapter.config.bias == Bias::LoraOnly {
-        for &i in &targets {
+        for &i in targets {
             let m = &inventory.modules[i];
             if matches!(m.kind, ModuleKind::Linear { bias: true, .. })
                 && adapter.base_params.get(&i).is_none_or(|p| p.bias.is_none())
@@ -487,30 +568,6 @@ pub fn build_adapter(
             }
         }
     }
-
-    if !problems.is_empty() {
-        if opts.allow_partial {
-            let text = problems.render(inventory, n_tensors, used);
-            adapter
-                .report
-                .warnings
-                .push(format!("partial load accepted:\n{text}"));
-        } else {
-            return Err(Error::AdapterMismatch {
-                adapter: name.to_string(),
-                report: problems.render(inventory, n_tensors, used),
-            });
-        }
-    }
-    if adapter.layers.is_empty() && adapter.saved_modules.is_empty() {
-        return Err(Error::AdapterMismatch {
-            adapter: name.to_string(),
-            report: "  nothing of the adapter could be attached: it would silently do nothing"
-                .into(),
-        });
-    }
-    zero_effect_warning(&mut adapter)?;
-    Ok(adapter)
 }
 
 fn zero_effect_warning(adapter: &mut Adapter) -> Result<()> {
@@ -609,6 +666,48 @@ fn take<'a>(
     r
 }
 
+/// What building one target's layer needs: the config, the module, its tensors by role, and
+/// where problems are collected.
+struct Target<'a> {
+    cfg: &'a AdapterConfig,
+    i: usize,
+    path: &'a str,
+    got: &'a Got,
+    problems: &'a mut Problems,
+    /// Missing + shape problems before this module: any new one means it cannot be built.
+    before: usize,
+}
+
+impl Target<'_> {
+    fn take(&mut self, role: Role, suffix: &str) -> Option<&(String, LoadedTensor)> {
+        take(self.got, role, self.path, suffix, self.problems)
+    }
+
+    fn check(&mut self, t: Option<&(String, LoadedTensor)>, expected: &[usize], hint: &str) {
+        if let Some((k, t)) = t {
+            shape_check(k, t, expected, hint, self.problems);
+        }
+    }
+
+    /// No missing tensor and no shape mismatch for this module.
+    fn ok(&self) -> bool {
+        self.problems.missing.len() + self.problems.shapes.len() == self.before
+    }
+
+    fn report(&self, kind: &str, tensors: &[&String]) -> TargetReport {
+        TargetReport {
+            module: self.path.to_string(),
+            kind: kind.into(),
+            r: None,
+            alpha: None,
+            scale: None,
+            tensors: tensors.iter().map(|k| (*k).clone()).collect(),
+        }
+    }
+}
+
+/// The layer of target module `i` (None when its tensors are missing or misshapen: the
+/// problems say why).
 fn build_layer(
     cfg: &AdapterConfig,
     i: usize,
@@ -618,17 +717,15 @@ fn build_layer(
     problems: &mut Problems,
 ) -> Result<Option<(ModuleAdapter, TargetReport)>> {
     let m = &inventory.modules[i];
-    let path = m.path.as_str();
-    let n_problems = problems.missing.len() + problems.shapes.len();
-    let mut rep = TargetReport {
-        module: path.to_string(),
-        kind: String::new(),
-        r: None,
-        alpha: None,
-        scale: None,
-        tensors: Vec::new(),
+    let before = problems.missing.len() + problems.shapes.len();
+    let mut t = Target {
+        cfg,
+        i,
+        path: m.path.as_str(),
+        got,
+        problems,
+        before,
     };
-    let ok = |problems: &Problems| problems.missing.len() + problems.shapes.len() == n_problems;
     match (cfg.peft_type, &m.kind) {
         (
             PeftType::Lora,
@@ -637,148 +734,14 @@ fn build_layer(
                 out_features,
                 ..
             },
-        ) => {
-            let (r, alpha, s) = cfg.lora_scale(path);
-            let rhint = format!(
-                " (config says r={r} for this module; graft never infers r from tensor shapes)"
-            );
-            let a = take(got, Role::LoraA, path, ".lora_A.weight", problems);
-            let b = take(got, Role::LoraB, path, ".lora_B.weight", problems);
-            let bb = if cfg.lora_bias {
-                take(got, Role::LoraBBias, path, ".lora_B.bias", problems)
-            } else {
-                None
-            };
-            let mag = if cfg.use_dora {
-                take(
-                    got,
-                    Role::Magnitude,
-                    path,
-                    ".lora_magnitude_vector",
-                    problems,
-                )
-            } else {
-                None
-            };
-            if let Some((k, t)) = a {
-                shape_check(k, t, &[r, *in_features], &rhint, problems);
-            }
-            if let Some((k, t)) = b {
-                shape_check(k, t, &[*out_features, r], &rhint, problems);
-            }
-            if let Some((k, t)) = bb {
-                shape_check(k, t, &[*out_features], "", problems);
-            }
-            if let Some((k, t)) = mag {
-                shape_check(k, t, &[*out_features], "", problems);
-            }
-            if !ok(problems) {
-                return Ok(None);
-            }
-            let (Some((ka, a)), Some((kb, b))) = (a, b) else {
-                return Ok(None);
-            };
-            rep.tensors = vec![ka.clone(), kb.clone()];
-            if !cfg.lora_bias && got.contains_key(&Role::LoraBBias) {
-                problems.unexpected.push(format!(
-                    "{path}.lora_B.bias (lora_bias is false in the config)"
-                ));
-            }
-            if !cfg.use_dora && got.contains_key(&Role::Magnitude) {
-                problems.unexpected.push(format!(
-                    "{path}.lora_magnitude_vector (use_dora is false in the config)"
-                ));
-            }
-            let dora = match mag {
-                Some((km, mt)) => {
-                    rep.tensors.push(km.clone());
-                    Some(Dora::new(
-                        &base_weight(i)?,
-                        &a.tensor,
-                        &b.tensor,
-                        s,
-                        mt.tensor.clone(),
-                    )?)
-                }
-                None => None,
-            };
-            if let Some((kbb, _)) = bb {
-                rep.tensors.push(kbb.clone());
-            }
-            rep.kind = if dora.is_some() {
-                "dora".into()
-            } else {
-                "lora".into()
-            };
-            rep.r = Some(r);
-            rep.alpha = Some(alpha);
-            rep.scale = Some(s);
-            let layer = ModuleAdapter::Lora(LoraLinear {
-                a: a.tensor.clone(),
-                b: b.tensor.clone(),
-                b_bias: bb.map(|(_, t)| t.tensor.clone()),
-                r,
-                alpha,
-                scale: s,
-                dora,
-            });
-            Ok(Some((layer, rep)))
-        }
+        ) => lora_linear(&mut t, *in_features, *out_features, base_weight),
         (
             PeftType::Lora,
             ModuleKind::Embedding {
                 num_embeddings,
                 dim,
             },
-        ) => {
-            if cfg.use_dora {
-                return Err(Error::UnsupportedFeature {
-                    field: "use_dora".into(),
-                    value: "true".into(),
-                    why: format!("DoRA on an embedding ({path}) is not implemented yet"),
-                });
-            }
-            let (r, alpha, s) = cfg.lora_scale(path);
-            let rhint = format!(" (config says r={r} for this module)");
-            let a = take(got, Role::EmbA, path, ".lora_embedding_A", problems);
-            let b = take(got, Role::EmbB, path, ".lora_embedding_B", problems);
-            if let Some((k, t)) = a {
-                if t.tensor.dims().len() == 2
-                    && t.tensor.dims()[0] == r
-                    && t.tensor.dims()[1] != *num_embeddings
-                {
-                    problems.vocab_hint = Some(format!(
-                        "`{k}` covers {} tokens but the base's vocabulary has {num_embeddings}: the vocabulary was resized when the adapter was trained",
-                        t.tensor.dims()[1]
-                    ));
-                }
-                shape_check(k, t, &[r, *num_embeddings], &rhint, problems);
-            }
-            if let Some((k, t)) = b {
-                shape_check(k, t, &[*dim, r], &rhint, problems);
-            }
-            if !ok(problems) {
-                return Ok(None);
-            }
-            let (Some((ka, a)), Some((kb, b))) = (a, b) else {
-                return Ok(None);
-            };
-            rep.tensors = vec![ka.clone(), kb.clone()];
-            rep.kind = "lora-embedding".into();
-            rep.r = Some(r);
-            rep.alpha = Some(alpha);
-            rep.scale = Some(s);
-            Ok(Some((
-                ModuleAdapter::LoraEmbedding(LoraEmbedding {
-                    a: a.tensor.clone(),
-                    b: b.tensor.clone(),
-                    r,
-                    alpha,
-                    scale: s,
-                }),
-                rep,
-            )))
-        }
+        ) => lora_embedding(&mut t, *num_embeddings, *dim),
         (
             PeftType::Ia3,
             ModuleKind::Linear {
@@ -786,40 +749,7 @@ fn build_layer(
                 out_features,
                 ..
             },
-        ) => {
-            let ff = cfg.is_feedforward(path);
-            let l = take(got, Role::Ia3, path, ".ia3_l", problems);
-            let expected = if ff {
-                vec![1, *in_features]
-            } else {
-                vec![*out_features, 1]
-            };
-            if let Some((k, t)) = l {
-                let hint = if ff {
-                    " (a feed-forward module: IA3 scales its input)"
-                } else {
-                    " (IA3 scales this module's output)"
-                };
-                shape_check(k, t, &expected, hint, problems);
-            }
-            if !ok(problems) {
-                return Ok(None);
-            }
-            let Some((kl, l)) = l else { return Ok(None) };
-            rep.tensors = vec![kl.clone()];
-            rep.kind = if ff {
-                "ia3 (scales input)".into()
-            } else {
-                "ia3 (scales output)".into()
-            };
-            Ok(Some((
-                ModuleAdapter::Ia3(Ia3 {
-                    l: l.tensor.flatten_all()?,
-                    feedforward: ff,
-                }),
-                rep,
-            )))
-        }
+        ) => ia3(&mut t, *in_features, *out_features),
         (
             PeftType::AdaLora,
             ModuleKind::Linear {
@@ -827,64 +757,222 @@ fn build_layer(
                 out_features,
                 ..
             },
-        ) => {
-            let init_r = cfg.init_r;
-            let mask_key = format!("{path}.lora_E");
-            let r = cfg
-                .adalora_rank_pattern
-                .iter()
-                .find(|(k, _)| {
-                    let k = strip_prefix(k);
-                    k == mask_key
-                        || k.strip_prefix(mask_key.as_str())
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
-                .map(|(_, mask)| mask.iter().filter(|b| **b).count())
-                .unwrap_or(init_r);
-            let hint = format!(
-                " (AdaLoRA rank for this module is {r}: init_r={init_r} reduced by rank_pattern)"
-            );
-            let a = take(got, Role::AdaA, path, ".lora_A", problems);
-            let b = take(got, Role::AdaB, path, ".lora_B", problems);
-            let e = take(got, Role::AdaE, path, ".lora_E", problems);
-            if let Some((k, t)) = a {
-                shape_check(k, t, &[r, *in_features], &hint, problems);
-            }
-            if let Some((k, t)) = b {
-                shape_check(k, t, &[*out_features, r], &hint, problems);
-            }
-            if let Some((k, t)) = e {
-                shape_check(k, t, &[r, 1], &hint, problems);
-            }
-            if !ok(problems) {
-                return Ok(None);
-            }
-            let (Some((ka, a)), Some((kb, b)), Some((ke, e))) = (a, b, e) else {
-                return Ok(None);
-            };
-            let scaling = if cfg.lora_alpha > 0.0 {
-                cfg.lora_alpha
-            } else {
-                r as f64
-            };
-            let ranknum = init_r as f64;
-            rep.tensors = vec![ka.clone(), kb.clone(), ke.clone()];
-            rep.kind = "adalora".into();
-            rep.r = Some(r);
-            rep.alpha = Some(cfg.lora_alpha);
-            rep.scale = Some(scaling / (ranknum + 1e-5));
-            Ok(Some((
-                ModuleAdapter::AdaLora(AdaLora {
-                    a: a.tensor.clone(),
-                    e: e.tensor.clone(),
-                    b: b.tensor.clone(),
-                    r,
-                    scaling,
-                    ranknum,
-                }),
-                rep,
-            )))
-        }
+        ) => adalora(&mut t, *in_features, *out_features),
         _ => Ok(None),
     }
+}
+
+/// LoRA (with DoRA and `lora_bias`) on a Linear module.
+fn lora_linear(
+    t: &mut Target,
+    in_features: usize,
+    out_features: usize,
+    base_weight: &dyn Fn(usize) -> Result<Tensor>,
+) -> Result<Option<(ModuleAdapter, TargetReport)>> {
+    let (cfg, path, got) = (t.cfg, t.path, t.got);
+    let (r, alpha, s) = cfg.lora_scale(path);
+    let rhint =
+        format!(" (config says r={r} for this module; graft never infers r from tensor shapes)");
+    let a = t.take(Role::LoraA, ".lora_A.weight").cloned();
+    let b = t.take(Role::LoraB, ".lora_B.weight").cloned();
+    let bb = if cfg.lora_bias {
+        t.take(Role::LoraBBias, ".lora_B.bias").cloned()
+    } else {
+        None
+    };
+    let mag = if cfg.use_dora {
+        t.take(Role::Magnitude, ".lora_magnitude_vector").cloned()
+    } else {
+        None
+    };
+    t.check(a.as_ref(), &[r, in_features], &rhint);
+    t.check(b.as_ref(), &[out_features, r], &rhint);
+    t.check(bb.as_ref(), &[out_features], "");
+    t.check(mag.as_ref(), &[out_features], "");
+    if !t.ok() {
+        return Ok(None);
+    }
+    let (Some((ka, a)), Some((kb, b))) = (a, b) else {
+        return Ok(None);
+    };
+    let mut rep = t.report("lora", &[&ka, &kb]);
+    if !cfg.lora_bias && got.contains_key(&Role::LoraBBias) {
+        t.problems.unexpected.push(format!(
+            "{path}.lora_B.bias (lora_bias is false in the config)"
+        ));
+    }
+    if !cfg.use_dora && got.contains_key(&Role::Magnitude) {
+        t.problems.unexpected.push(format!(
+            "{path}.lora_magnitude_vector (use_dora is false in the config)"
+        ));
+    }
+    let dora = match mag {
+        Some((km, mt)) => {
+            rep.tensors.push(km);
+            rep.kind = "dora".into();
+            Some(Dora::new(
+                &base_weight(t.i)?,
+                &a.tensor,
+                &b.tensor,
+                s,
+                mt.tensor,
+            )?)
+        }
+        None => None,
+    };
+    if let Some((kbb, _)) = &bb {
+        rep.tensors.push(kbb.clone());
+    }
+    rep.r = Some(r);
+    rep.alpha = Some(alpha);
+    rep.scale = Some(s);
+    let layer = ModuleAdapter::Lora(LoraLinear {
+        a: a.tensor,
+        b: b.tensor,
+        b_bias: bb.map(|(_, t)| t.tensor),
+        r,
+        alpha,
+        scale: s,
+        dora,
+    });
+    Ok(Some((layer, rep)))
+}
+
+/// LoRA on an Embedding module.
+fn lora_embedding(
+    t: &mut Target,
+    num_embeddings: usize,
+    dim: usize,
+) -> Result<Option<(ModuleAdapter, TargetReport)>> {
+    let (cfg, path) = (t.cfg, t.path);
+    if cfg.use_dora {
+        return Err(Error::UnsupportedFeature {
+            field: "use_dora".into(),
+            value: "true".into(),
+            why: format!("DoRA on an embedding ({path}) is not implemented yet"),
+        });
+    }
+    let (r, alpha, s) = cfg.lora_scale(path);
+    let rhint = format!(" (config says r={r} for this module)");
+    let a = t.take(Role::EmbA, ".lora_embedding_A").cloned();
+    let b = t.take(Role::EmbB, ".lora_embedding_B").cloned();
+    if let Some((k, at)) = &a {
+        let d = at.tensor.dims();
+        if d.len() == 2 && d[0] == r && d[1] != num_embeddings {
+            t.problems.vocab_hint = Some(format!(
+                "`{k}` covers {} tokens but the base's vocabulary has {num_embeddings}: the vocabulary was resized when the adapter was trained",
+                d[1]
+            ));
+        }
+    }
+    t.check(a.as_ref(), &[r, num_embeddings], &rhint);
+    t.check(b.as_ref(), &[dim, r], &rhint);
+    if !t.ok() {
+        return Ok(None);
+    }
+    let (Some((ka, a)), Some((kb, b))) = (a, b) else {
+        return Ok(None);
+    };
+    let mut rep = t.report("lora-embedding", &[&ka, &kb]);
+    rep.r = Some(r);
+    rep.alpha = Some(alpha);
+    rep.scale = Some(s);
+    let layer = ModuleAdapter::LoraEmbedding(LoraEmbedding {
+        a: a.tensor,
+        b: b.tensor,
+        r,
+        alpha,
+        scale: s,
+    });
+    Ok(Some((layer, rep)))
+}
+
+/// IA³ on a Linear module: its input (a feed-forward module) or its output scaled.
+fn ia3(
+    t: &mut Target,
+    in_features: usize,
+    out_features: usize,
+) -> Result<Option<(ModuleAdapter, TargetReport)>> {
+    let ff = t.cfg.is_feedforward(t.path);
+    let l = t.take(Role::Ia3, ".ia3_l").cloned();
+    let (expected, hint) = if ff {
+        (
+            [1, in_features],
+            " (a feed-forward module: IA3 scales its input)",
+        )
+    } else {
+        ([out_features, 1], " (IA3 scales this module's output)")
+    };
+    t.check(l.as_ref(), &expected, hint);
+    if !t.ok() {
+        return Ok(None);
+    }
+    let Some((kl, l)) = l else { return Ok(None) };
+    let kind = if ff {
+        "ia3 (scales input)"
+    } else {
+        "ia3 (scales output)"
+    };
+    let rep = t.report(kind, &[&kl]);
+    let layer = ModuleAdapter::Ia3(Ia3 {
+        l: l.tensor.flatten_all()?,
+        feedforward: ff,
+    });
+    Ok(Some((layer, rep)))
+}
+
+/// AdaLoRA on a Linear module: rank `init_r` reduced by a pruned `rank_pattern`, scaled by
+/// `scaling / (ranknum + 1e-5)` with ranknum = init_r, as PEFT 0.21 computes it.
+fn adalora(
+    t: &mut Target,
+    in_features: usize,
+    out_features: usize,
+) -> Result<Option<(ModuleAdapter, TargetReport)>> {
+    let (cfg, path) = (t.cfg, t.path);
+    let init_r = cfg.init_r;
+    let mask_key = format!("{path}.lora_E");
+    let r = cfg
+        .adalora_rank_pattern
+        .iter()
+        .find(|(k, _)| {
+            let k = strip_prefix(k);
+            k == mask_key
+                || k.strip_prefix(mask_key.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .map(|(_, mask)| mask.iter().filter(|b| **b).count())
+        .unwrap_or(init_r);
+    let hint =
+        format!(" (AdaLoRA rank for this module is {r}: init_r={init_r} reduced by rank_pattern)");
+    let a = t.take(Role::AdaA, ".lora_A").cloned();
+    let b = t.take(Role::AdaB, ".lora_B").cloned();
+    let e = t.take(Role::AdaE, ".lora_E").cloned();
+    t.check(a.as_ref(), &[r, in_features], &hint);
+    t.check(b.as_ref(), &[out_features, r], &hint);
+    t.check(e.as_ref(), &[r, 1], &hint);
+    if !t.ok() {
+        return Ok(None);
+    }
+    let (Some((ka, a)), Some((kb, b)), Some((ke, e))) = (a, b, e) else {
+        return Ok(None);
+    };
+    let scaling = if cfg.lora_alpha > 0.0 {
+        cfg.lora_alpha
+    } else {
+        r as f64
+    };
+    let ranknum = init_r as f64;
+    let mut rep = t.report("adalora", &[&ka, &kb, &ke]);
+    rep.r = Some(r);
+    rep.alpha = Some(cfg.lora_alpha);
+    rep.scale = Some(scaling / (ranknum + 1e-5));
+    let layer = ModuleAdapter::AdaLora(AdaLora {
+        a: a.tensor,
+        e: e.tensor,
+        b: b.tensor,
+        r,
+        scaling,
+        ranknum,
+    });
+    Ok(Some((layer, rep)))
 }

@@ -5,7 +5,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("no GPU adapter found ({0}); run with --device cpu, or install a Vulkan/Metal/DX12 driver (Mesa's lavapipe gives a software one: apt-get install mesa-vulkan-drivers)")]
+    /// No GPU adapter; the text is wgpu's account of its search (long: say "no GPU" first).
+    #[error("no GPU adapter found ({0})")]
     NoAdapter(String),
     #[error("the GPU refused the device graft asked for: {0}")]
     RequestDevice(String),
@@ -23,10 +24,13 @@ pub enum Error {
     Validation(String),
     #[error("reading back from the GPU failed (the device may have been lost or reset): {0}")]
     Readback(String),
-    #[error("not supported on the GPU path yet: {0} (use --device cpu)")]
+    #[error("not supported on the GPU path yet: {0}")]
     Unsupported(String),
+    /// The input cannot run (no tokens, an id outside the vocabulary).
+    #[error("{0}")]
+    Input(String),
     #[error(transparent)]
-    Model(#[from] graft_models::Error),
+    Arch(#[from] graft_arch::Error),
     #[error(transparent)]
     Core(#[from] graft_core::Error),
     #[error(transparent)]

@@ -57,6 +57,13 @@ impl Fmt {
     }
 }
 
+/// Threads of the linear kernel's workgroup, and output rows each workgroup computes.
+pub const LINEAR_WG: u32 = 256;
+pub const RPW: u32 = 8;
+/// Threads of the embedding and copy kernels' workgroups.
+const EMBED_WG: u32 = 64;
+const COPY_WG: u32 = 256;
+
 /// Tokens per workgroup of the linear kernel's variants: decode (mat-vec) and prefill.
 pub const TN_DECODE: u32 = 1;
 pub const TN_PREFILL: u32 = 8;
@@ -124,6 +131,26 @@ impl Kernel {
         }
     }
 
+    /// The WGSL `override` constants this kernel is compiled with (workgroup size, rows per
+    /// workgroup): the one place they are chosen, for the model, the tests and the benchmark.
+    pub fn constants(self) -> &'static [(&'static str, u32)] {
+        match self {
+            Kernel::Linear { .. } => &[("WG", LINEAR_WG), ("RPW", RPW)],
+            Kernel::Embed(_) => &[("WG", EMBED_WG)],
+            Kernel::Copy => &[("WG", COPY_WG)],
+            Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
+        }
+    }
+
+    /// Threads per workgroup along x, for dispatch sizes (the `WG` constant, or the kernel's
+    /// fixed size).
+    pub fn workgroup_x(self) -> u32 {
+        self.constants()
+            .iter()
+            .find(|(k, _)| *k == "WG")
+            .map_or(1, |(_, v)| *v)
+    }
+
     /// Name of the uniform struct's Rust twin (for the layout tests).
     pub fn params_name(self) -> &'static str {
         match self {
@@ -146,27 +173,19 @@ pub enum Bind {
     ReadWrite,
 }
 
-/// A kernel with its override constants.
-type PipelineKey = (Kernel, Vec<(&'static str, u32)>);
-
-/// Compiled pipelines, keyed by kernel and override constants.
+/// Compiled pipelines, keyed by kernel (each kernel has its own override constants).
 #[derive(Default)]
 pub struct Registry {
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
     layouts: Mutex<HashMap<Kernel, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     compiled: std::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
-    /// The pipeline for `kernel` with `constants` (WGSL `override`s), compiled on first use.
-    pub fn pipeline(
-        &self,
-        gpu: &Gpu,
-        kernel: Kernel,
-        constants: &[(&'static str, u32)],
-    ) -> wgpu::ComputePipeline {
-        let key = (kernel, constants.to_vec());
+    /// The pipeline for `kernel` with its [`Kernel::constants`], compiled on first use.
+    pub fn pipeline(&self, gpu: &Gpu, kernel: Kernel) -> wgpu::ComputePipeline {
+        let key = kernel;
         let mut pipes = match self.pipelines.lock() {
             Ok(p) => p,
             Err(p) => p.into_inner(),
@@ -190,7 +209,11 @@ impl Registry {
                 .clone()
         };
         let (_, layout) = self.layout(gpu, kernel);
-        let consts: Vec<(&str, f64)> = constants.iter().map(|(k, v)| (*k, *v as f64)).collect();
+        let consts: Vec<(&str, f64)> = kernel
+            .constants()
+            .iter()
+            .map(|(k, v)| (*k, f64::from(*v)))
+            .collect();
         let p = gpu
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

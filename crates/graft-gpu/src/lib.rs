@@ -1,5 +1,6 @@
-//! graft-gpu: the GPU path. WGSL kernels (`shaders/`) run through wgpu on Vulkan, Metal, DX12
-//! and WebGPU; the whole Llama/OPT forward pass with PEFT adapters folded into the kernels.
+//! graft-gpu: the GPU backend. WGSL kernels (`shaders/`) run through wgpu on Vulkan, Metal,
+//! DX12 and WebGPU; any architecture's description (`graft_arch::Network`) is lowered to them,
+//! with PEFT adapters folded into the kernels.
 
 #![cfg_attr(
     not(test),
@@ -16,5 +17,5 @@ pub mod weights;
 
 pub use device::{Gpu, GpuInfo, GpuOptions};
 pub use error::{Error, Result};
-pub use model::{GpuModel, GpuModelOptions, GpuStats};
+pub use model::{DevicePick, GpuModel, GpuModelOptions, GpuStats};
 pub use readback::map_read;

@@ -123,27 +123,25 @@ impl Ops {
     pub fn run(
         &self,
         kernel: Kernel,
-        consts: &[(&'static str, u32)],
         params: &[u8],
         inputs: &[Input],
         workgroups: (u32, u32, u32),
         read: &[usize],
     ) -> Result<Vec<Vec<u32>>> {
-        pollster::block_on(self.run_async(kernel, consts, params, inputs, workgroups, read))
+        pollster::block_on(self.run_async(kernel, params, inputs, workgroups, read))
     }
 
     /// [`Ops::run`] as a future (awaits the read-back; runs in the browser too).
     pub async fn run_async(
         &self,
         kernel: Kernel,
-        consts: &[(&'static str, u32)],
         params: &[u8],
         inputs: &[Input<'_>],
         workgroups: (u32, u32, u32),
         read: &[usize],
     ) -> Result<Vec<Vec<u32>>> {
         let bufs = self.buffers(inputs)?;
-        let pipe = self.kernels.pipeline(&self.gpu, kernel, consts);
+        let pipe = self.kernels.pipeline(&self.gpu, kernel);
         let (bg, _u) = self.bind_group(kernel, params, &bufs);
         let mut enc = self.encode(&pipe, &bg, workgroups, 1);
         let mut staging = Vec::new();
@@ -176,14 +174,13 @@ impl Ops {
     pub fn time(
         &self,
         kernel: Kernel,
-        consts: &[(&'static str, u32)],
         params: &[u8],
         inputs: &[Input],
         workgroups: (u32, u32, u32),
         reps: usize,
     ) -> Result<f64> {
         let bufs = self.buffers(inputs)?;
-        let pipe = self.kernels.pipeline(&self.gpu, kernel, consts);
+        let pipe = self.kernels.pipeline(&self.gpu, kernel);
         let (bg, _u) = self.bind_group(kernel, params, &bufs);
         let submit = |reps: usize| -> Result<f64> {
             let enc = self.encode(&pipe, &bg, workgroups, reps);

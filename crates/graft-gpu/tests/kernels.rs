@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 
 use bytemuck::bytes_of;
+use graft_cpu::attention::{rope_in_place, KvCache};
 use graft_gpu::kernels::{
     ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams, NormParams,
     Seg, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE,
@@ -20,7 +21,6 @@ use graft_gpu::kernels::{
 use graft_gpu::ops::{Input, Ops};
 use graft_gpu::weights::Packed;
 use graft_gpu::{Gpu, GpuOptions};
-use graft_models::attention::{rope_in_place, KvCache};
 use graft_quant::{QMatrix, QType};
 
 // ---------------------------------------------------------------- harness
@@ -57,16 +57,6 @@ fn ops(gpu: &Gpu) -> &'static Ops {
     OPS.get_or_init(|| Ops::new(gpu))
 }
 
-/// The override constants each kernel is compiled with, as `GpuModel` compiles it.
-fn consts(kernel: Kernel) -> &'static [(&'static str, u32)] {
-    match kernel {
-        Kernel::Linear { .. } => &[("WG", 256), ("RPW", RPW)],
-        Kernel::Embed(_) => &[("WG", 64)],
-        Kernel::Copy => &[("WG", 256)],
-        Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
-    }
-}
-
 /// Runs one dispatch and returns the bindings in `read`, panicking with `ctx` on an error.
 fn run(
     ops: &Ops,
@@ -77,7 +67,7 @@ fn run(
     read: &[usize],
     ctx: &str,
 ) -> Vec<Vec<u32>> {
-    ops.run(kernel, consts(kernel), params, inputs, wg, read)
+    ops.run(kernel, params, inputs, wg, read)
         .unwrap_or_else(|e| panic!("{ctx}: {e}"))
 }
 
@@ -159,9 +149,6 @@ fn check(ctx: &str, got: &[f32], want: &[f64], mag: &[f64], rel: f64, abs: f64) 
     }
 }
 
-/// Rows per workgroup of the linear kernel (the model's RPW).
-const RPW: u32 = 8;
-
 // ---------------------------------------------------------------- linear
 
 /// The linear kernel's bindings other than the uniform and the weights (wq, ws).
@@ -194,7 +181,11 @@ fn run_linear(
             Input::F32(io.lb),
             Input::F32(io.y),
         ],
-        (w.desc.rows.div_ceil(RPW), p.n.div_ceil(tn), 1),
+        (
+            w.desc.rows.div_ceil(graft_gpu::kernels::RPW),
+            p.n.div_ceil(tn),
+            1,
+        ),
         &[7],
         ctx,
     );

@@ -3,7 +3,7 @@
 /// A Hub or cache failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("repository `{repo}` was not found on {endpoint}: check the id; if it is private, pass a token that can read it (--token, HF_TOKEN or the token file)")]
+    #[error("repository `{repo}` was not found on {endpoint}: check the id; if it is private, use a token that can read it (HF_TOKEN or the token file)")]
     RepoNotFound { repo: String, endpoint: String },
 
     #[error("revision `{revision}` does not exist in `{repo}`: use a branch, a tag or a full 40-character commit hash of that repository")]
@@ -24,7 +24,7 @@ pub enum Error {
         authenticated: bool,
     },
 
-    #[error("{endpoint} rejected the token (invalid credentials in the Authorization header): check --token, HF_TOKEN or the token file, or remove it for public repositories")]
+    #[error("{endpoint} rejected the token (invalid credentials in the Authorization header): check the token (HF_TOKEN or the token file), or send none for public repositories")]
     InvalidToken { endpoint: String },
 
     #[error("{endpoint} is rate-limiting these requests (HTTP 429) and still was after {attempts} attempts{}: wait a while and run again", retry_after.map(|s| format!(" (it asked to wait {s} s)")).unwrap_or_default())]
@@ -34,7 +34,7 @@ pub enum Error {
         retry_after: Option<u64>,
     },
 
-    #[error("{url} answered HTTP {status} (a server error) {attempts} times{}: the Hub may be down; run again later, or use --offline if the files are cached", fmt_message(message))]
+    #[error("{url} answered HTTP {status} (a server error) {attempts} times{}: the Hub may be down; run again later, or work offline if the files are cached", fmt_message(message))]
     Server {
         url: String,
         status: u16,
@@ -49,7 +49,7 @@ pub enum Error {
         message: Option<String>,
     },
 
-    #[error("could not reach {url} ({message}) after {attempts} attempts: check the network and HF_ENDPOINT, or use --offline (HF_HUB_OFFLINE=1) to run from the cache")]
+    #[error("could not reach {url} ({message}) after {attempts} attempts: check the network and HF_ENDPOINT, or work offline (HF_HUB_OFFLINE=1) from the cache")]
     Network {
         url: String,
         message: String,
@@ -63,7 +63,7 @@ pub enum Error {
         what: String,
     },
 
-    #[error("offline mode (--offline or HF_HUB_OFFLINE): `{path}` of `{repo}` at revision `{revision}` is not in the cache {cache}; run once with the network (e.g. `graft download {repo} {path}`) or point HF_HUB_CACHE at a cache that has it")]
+    #[error("offline mode: `{path}` of `{repo}` at revision `{revision}` is not in the cache {cache}; fetch it once with the network, or point HF_HUB_CACHE at a cache that has it")]
     NotCached {
         repo: String,
         revision: String,
@@ -100,7 +100,7 @@ fn gated_hint(authenticated: bool, endpoint: &str, repo: &str) -> String {
     if authenticated {
         format!("your token is not on its authorized list; ask for access at {endpoint}/{repo} and run again once it is granted")
     } else {
-        format!("accept its conditions at {endpoint}/{repo}, then pass a token with access (--token, HF_TOKEN or the token file)")
+        format!("accept its conditions at {endpoint}/{repo}, then use a token with access (HF_TOKEN or the token file)")
     }
 }
 

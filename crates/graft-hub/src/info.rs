@@ -213,7 +213,7 @@ pub fn model_layout(repo: &Repo, info: &RepoInfo, gguf_file: Option<&str>) -> Re
         many => Err(Error::Files {
             repo: repo.to_string(),
             what: format!(
-                "several GGUF files ({}); choose one with --gguf-file",
+                "several GGUF files ({}); choose one by name",
                 many.join(", ")
             ),
         }),
@@ -317,7 +317,7 @@ mod tests {
         assert!(model_layout(&r, &i, None)
             .unwrap_err()
             .to_string()
-            .contains("--gguf-file"));
+            .contains("choose one by name"));
         assert_eq!(
             model_layout(&r, &i, Some("b.Q8_0.gguf")).unwrap(),
             ModelLayout::Gguf {

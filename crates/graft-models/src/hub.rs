@@ -64,7 +64,7 @@ pub fn resolve_base(
     let (id, rev) = split_revision(base);
     if graft_hub::repo::validate_repo_id(id).is_err() {
         return Err(Error::BaseModel(format!(
-            "the adapter's base_model_name_or_path `{base}` is neither a local model nor a Hub repo id; pass the base with --model"
+            "the adapter's base_model_name_or_path `{base}` is neither a local model nor a Hub repo id; give the base explicitly"
         )));
     }
     let repo = Repo::new(id, RepoType::Model, rev)?;

@@ -1,5 +1,7 @@
-//! graft-models: Llama-family and OPT architectures on candle-core CPU tensors, with PEFT
-//! adapters injected through `graft-core`'s registry.
+//! graft-models: the model users hold. A base (Hugging Face safetensors or GGUF, from disk,
+//! bytes or the Hub) described by `graft-arch`, PEFT adapters loaded, switched and saved through
+//! `graft-core`'s registry with transformers' `PeftAdapterMixin` calls, and the device it runs
+//! on: `graft-cpu`, or `graft-gpu` behind the `gpu` feature.
 
 // Library code returns typed errors; only tests may unwrap.
 #![cfg_attr(
@@ -7,21 +9,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod attention;
-pub mod base;
+pub mod device;
 pub mod error;
-pub mod gguf;
-pub mod gguf_model;
-pub mod hf_config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
-pub mod llama;
 pub mod model;
-pub mod opt;
 pub mod sampling;
-pub mod weights;
 
-pub use attention::KvCache;
+pub use device::{Device, DeviceOptions, DeviceReport};
 pub use error::{Error, Result};
+pub use graft_cpu::KvCache;
 pub use model::{LoadAdapterOptions, Model, OpenOptions, Threading};
 pub use sampling::Sampling;

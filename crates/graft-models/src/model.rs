@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_arch::gguf_weights::GgufFile;
+use graft_arch::table::{ModuleTable, Weight};
+use graft_arch::{Network, Understood, WeightStore};
 use graft_core::adapter::WeightMatrix;
 use graft_core::config::AdapterConfig;
 use graft_core::files::{is_adapter_dir, parse_adapter, read_adapter_config, read_adapter_dir};
@@ -14,21 +17,10 @@ use graft_core::tensors::{read_file, LoadedTensor, MAX_FILE_SIZE};
 use graft_core::AdapterRegistry;
 use serde_json::Value;
 
-use crate::attention::KvCache;
-use crate::base::{Ctx, ModuleTable, Weight};
+use crate::device::Backend;
 use crate::error::{Error, Result};
-use crate::llama::Llama;
-use crate::opt::Opt;
 use crate::sampling::{Sampler, Sampling};
-use crate::weights::WeightStore;
-use graft_arch::arch::ArchConfig;
-use graft_arch::Understood;
-
-/// The architectures graft runs.
-pub enum Arch {
-    Llama(Llama),
-    Opt(Opt),
-}
+use graft_cpu::{Ctx, KvCache};
 
 /// Options of `load_adapter`.
 #[derive(Debug, Clone, Default)]
@@ -83,7 +75,7 @@ const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
 /// A base model and the adapters on it.
 pub struct Model {
-    arch: Arch,
+    net: Network,
     table: ModuleTable,
     registry: AdapterRegistry,
     /// `name_or_path` as transformers records it (the folder the base came from).
@@ -104,6 +96,8 @@ pub struct Model {
     /// ~200 matmuls of a decode step do not each pay a cross-thread wake-up. `None`: forward
     /// passes run on the calling thread (wasm32, or threads could not be started).
     pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    /// The device forward passes and generation run on (see [`Model::set_device`]).
+    pub(crate) backend: Backend,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -136,7 +130,7 @@ impl Model {
         if path.is_file() {
             if opts.quantize.is_some() {
                 return Err(Error::BaseModel(
-                    "--quantize applies to safetensors models; a GGUF file is already quantized"
+                    "quantizing while loading applies to safetensors models; a GGUF file is already quantized"
                         .into(),
                 ));
             }
@@ -161,14 +155,12 @@ impl Model {
         )
     }
 
-    /// A Llama-family model from the bytes of a `.gguf` file (at most 64 GiB), as
-    /// [`Model::open_base`] opens the file. The bytes are kept, not copied: the quantized
-    /// weights point into them. `name_or_path` is recorded as the model's `name_or_path` and
-    /// names the file in errors.
+    /// A model from the bytes of a `.gguf` file (at most 64 GiB), as [`Model::open_base`]
+    /// opens the file. The bytes are kept, not copied: the quantized weights point into them.
+    /// `name_or_path` is recorded as the model's `name_or_path` and names the file in errors.
     pub fn from_gguf_bytes(bytes: Vec<u8>, name_or_path: &str) -> Result<Self> {
-        let file = crate::gguf_model::GgufFile::from_bytes(bytes, name_or_path)?;
-        let cfg = crate::gguf_model::llama_config(&file.header)?;
-        let weights = crate::gguf_model::llama_weights(&file, &cfg)?;
+        let file = GgufFile::from_bytes(bytes, name_or_path)?;
+        let (cfg, weights) = graft_arch::arch::from_gguf(&file)?;
         let bytes = file.bytes.clone();
         drop(file); // the parsed metadata (~100k vocabulary strings) is not kept
         let label = format!("{name_or_path} (GGUF metadata)");
@@ -220,28 +212,13 @@ impl Model {
         name_or_path: String,
         quantize: Option<graft_quant::QType>,
     ) -> Result<Self> {
-        let model_type = cfg
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let mut table = ModuleTable::new(&model_type);
-        table.quantize = quantize;
-        let (config, understood) = graft_arch::arch::read_config(cfg, config_source)?;
-        let (arch, vocab_size, max_positions) = match config {
-            ArchConfig::Llama(c) => {
-                let (v, m) = (c.vocab_size, c.max_position_embeddings);
-                (Arch::Llama(Llama::build(c, weights, &mut table)?), v, m)
-            }
-            ArchConfig::Opt(c) => {
-                let (v, m) = (c.vocab_size, c.max_position_embeddings);
-                (Arch::Opt(Opt::build(c, weights, &mut table)?), v, m)
-            }
-        };
+        let d = graft_arch::arch::describe(cfg, config_source, weights, quantize)?;
+        let (net, table, understood) = (d.net, d.table, d.understood);
+        let (vocab_size, max_positions) = (net.vocab_size, net.max_positions);
         let registry = AdapterRegistry::new(table.inventory.clone());
         let kept_dense = table.kept_dense.clone();
         Ok(Model {
-            arch,
+            net,
             table,
             registry,
             name_or_path,
@@ -252,6 +229,7 @@ impl Model {
             understood,
             kept_dense,
             pool: worker_pool(Threading::Pool),
+            backend: Backend::Cpu,
         })
     }
 
@@ -282,19 +260,21 @@ impl Model {
         Ok(model)
     }
 
-    /// The architecture and its module ids (read by the GPU path).
-    pub fn arch(&self) -> &Arch {
-        &self.arch
+    /// The description of the network every backend runs.
+    pub fn network(&self) -> &Network {
+        &self.net
     }
 
-    /// The base modules and their parameters (read by the GPU path).
+    /// The base modules (Hugging Face paths) and their parameters.
     pub fn table(&self) -> &ModuleTable {
         &self.table
     }
 
     /// Expands every quantized base weight to dense f32 (as transformers does when it loads a
     /// GGUF): for comparisons with an f32 PyTorch model. Returns the bytes the weights now take.
+    /// The model runs on the CPU afterwards (a GPU holds the weights it was given).
     pub fn dequantize_weights(&mut self) -> Result<usize> {
+        self.backend = Backend::Cpu;
         for p in self.table.params.iter_mut() {
             if let Weight::Quant(q) = &p.weight {
                 p.weight = Weight::Dense(Tensor::from_vec(
@@ -305,10 +285,8 @@ impl Model {
             }
         }
         // A tied head shares the embedding's (now dense) weight again.
-        if let Arch::Llama(l) = &self.arch {
-            if l.tied {
-                self.table.params[l.head].weight = self.table.params[l.embed].weight.clone();
-            }
+        if let Some(e) = self.net.head.tied_to {
+            self.table.params[self.net.head.module].weight = self.table.params[e].weight.clone();
         }
         Ok(self.table.params.iter().map(|p| p.weight.nbytes()).sum())
     }
@@ -493,27 +471,29 @@ impl Model {
             .adapter_files(names, Some(&self.name_or_path))?)
     }
 
-    fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<Tensor> {
+    /// Checks ids against the vocabulary and the positions against the model's maximum.
+    pub(crate) fn check_tokens(&self, tokens: &[u32], cached: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::BaseModel("no tokens to run".into()));
+        }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(Error::TokenOutOfRange {
                 id,
                 vocab: self.vocab_size,
             });
         }
-        if cache.len + tokens.len() > self.max_positions {
+        if cached + tokens.len() > self.max_positions {
             return Err(Error::TooLong {
-                len: cache.len + tokens.len(),
+                len: cached + tokens.len(),
                 max: self.max_positions,
             });
         }
-        Ok(Tensor::from_vec(
-            tokens.to_vec(),
-            tokens.len(),
-            &Device::Cpu,
-        )?)
+        Ok(())
     }
 
-    /// One forward pass over `tokens` after what `cache` holds; logits (n, vocab).
+    /// One forward pass on the CPU over `tokens` after what `cache` holds; logits (n, vocab).
+    /// (The explicit-cache form runs on the CPU whatever [`Model::set_device`] chose;
+    /// [`Model::logits`] and generation run on the chosen device.)
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         self.forward_inner(tokens, cache, false)
     }
@@ -530,46 +510,27 @@ impl Model {
         cache: &mut KvCache,
         last_only: bool,
     ) -> Result<Tensor> {
-        match &self.pool {
-            Some(pool) => pool.install(|| self.forward_here(tokens, cache, last_only)),
-            None => self.forward_here(tokens, cache, last_only),
+        // No pool on wasm32 (and there a model holding WebGPU objects cannot cross threads).
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(pool) = &self.pool {
+            return pool.install(|| self.forward_here(tokens, cache, last_only));
         }
+        self.forward_here(tokens, cache, last_only)
     }
 
     fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
-        if tokens.is_empty() {
-            return Err(Error::BaseModel("no tokens to run".into()));
-        }
-        let ids = self.check_tokens(tokens, cache)?;
+        self.check_tokens(tokens, cache.len)?;
         let ctx = Ctx {
             table: &self.table,
             reg: &self.registry,
         };
-        match &self.arch {
-            Arch::Llama(m) => m.forward(&ctx, &ids, cache, last_only),
-            Arch::Opt(m) => m.forward(&ctx, &ids, cache, last_only),
-        }
+        Ok(graft_cpu::forward(
+            &self.net, &ctx, tokens, cache, last_only,
+        )?)
     }
 
-    /// Logits of one forward pass over `tokens` from an empty cache.
-    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
-        self.forward(tokens, &mut KvCache::new())
-    }
-
-    /// Greedy generation: up to `max_new_tokens`, stopping at any of `eos`. `on_token` sees each
-    /// new token as it comes.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        max_new_tokens: usize,
-        eos: &[u32],
-        on_token: impl FnMut(u32),
-    ) -> Result<Vec<u32>> {
-        self.generate_with(prompt, max_new_tokens, eos, &Sampling::default(), on_token)
-    }
-
-    /// Generation with a sampling configuration (greedy when the temperature is 0).
-    pub fn generate_with(
+    /// Generation on the CPU (see [`Model::generate_with`]).
+    pub(crate) fn generate_cpu(
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
@@ -604,21 +565,14 @@ impl Model {
 
     /// Bytes the KV cache holds for `positions` positions (f32 keys and values, every layer).
     pub fn kv_cache_bytes(&self, positions: usize) -> u64 {
-        let (layers, kv_dim) = match &self.arch {
-            Arch::Llama(m) => (
-                m.cfg.num_hidden_layers,
-                m.cfg.num_key_value_heads * m.cfg.head_dim,
-            ),
-            Arch::Opt(m) => (m.cfg.num_hidden_layers, m.cfg.hidden_size),
-        };
-        (layers * 2 * positions * kv_dim * 4) as u64
+        self.net.kv_bytes_per_position() * positions as u64
     }
 
     /// The GGUF's `tokenizer.*` metadata as a JSON object (for `graft_text::Tokenizer`).
     pub fn gguf_tokenizer_metadata(&self) -> Option<serde_json::Map<String, Value>> {
         let bytes = self.gguf_file.as_ref()?;
         // Parsed successfully at load, so it parses again.
-        let meta = crate::gguf::Gguf::parse(bytes).ok()?.metadata;
+        let meta = graft_arch::gguf::Gguf::parse(bytes).ok()?.metadata;
         Some(
             meta.iter()
                 .filter(|(k, _)| k.starts_with("tokenizer."))
@@ -652,8 +606,8 @@ impl Model {
     }
 }
 
-fn gguf_to_json(v: &crate::gguf::Value) -> Value {
-    use crate::gguf::Value as G;
+fn gguf_to_json(v: &graft_arch::gguf::Value) -> Value {
+    use graft_arch::gguf::Value as G;
     match v {
         G::String(s) => Value::String(s.clone()),
         G::Bool(b) => Value::Bool(*b),
@@ -722,7 +676,7 @@ pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathB
     let base = named_base(adapter_dir, base)?;
     local_base(adapter_dir, base).ok_or_else(|| {
         Error::BaseModel(format!(
-            "the adapter's base_model_name_or_path `{base}` is not a local model folder; pass the base with --model, or open the adapter through the Hub (graft_models::hub)"
+            "the adapter's base_model_name_or_path `{base}` is not a local model folder; give the base explicitly, or open the adapter through the Hub (graft_models::hub)"
         ))
     })
 }
@@ -732,7 +686,7 @@ pub fn resolve_base_path(adapter_dir: &Path, base: Option<&str>) -> Result<PathB
 pub fn named_base<'a>(adapter_dir: &Path, base: Option<&'a str>) -> Result<&'a str> {
     base.filter(|b| !b.is_empty() && *b != "None").ok_or_else(|| {
         Error::BaseModel(format!(
-            "{}: adapter_config.json has no base_model_name_or_path (null); pass the base model explicitly with --model",
+            "{}: adapter_config.json has no base_model_name_or_path (null); give the base model explicitly",
             adapter_dir.display()
         ))
     })

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use graft_arch::Error as ArchError;
 use graft_core::Error as CoreError;
 use graft_models::{Error, LoadAdapterOptions, Model, OpenOptions, Threading};
 
@@ -94,7 +95,7 @@ fn sharded_bytes_match_the_folder_with_and_without_the_index() {
         n.contains(".safetensors") && !n.starts_with("model-00002")
     });
     assert!(
-        matches!(&missing, Err(Error::NoWeights { hint, .. }) if hint.contains("model-00002")),
+        matches!(&missing, Err(Error::Arch(ArchError::NoWeights { hint, .. })) if hint.contains("model-00002")),
         "{:?}",
         missing.err()
     );
@@ -103,7 +104,7 @@ fn sharded_bytes_match_the_folder_with_and_without_the_index() {
         n.ends_with(".safetensors") && !n.starts_with("model-00002")
     });
     assert!(
-        matches!(missing, Err(Error::MissingWeight { .. })),
+        matches!(missing, Err(Error::Arch(ArchError::MissingWeight { .. }))),
         "{:?}",
         missing.err()
     );
@@ -265,7 +266,7 @@ fn gguf_bytes_match_the_file() {
     cut.truncate(cut.len() / 2);
     assert!(matches!(
         Model::from_gguf_bytes(cut, "cut.gguf"),
-        Err(Error::Gguf(_))
+        Err(Error::Arch(ArchError::Gguf(_)))
     ));
 }
 
@@ -299,7 +300,11 @@ fn bad_bytes_are_typed_errors() {
     assert!(matches!(r, Err(Error::Core(CoreError::Safetensors { .. }))));
 
     let r = Model::from_safetensors_bytes(&cfg, vec![], "x", &opts);
-    assert!(matches!(r, Err(Error::NoWeights { .. })), "{:?}", r.err());
+    assert!(
+        matches!(r, Err(Error::Arch(ArchError::NoWeights { .. }))),
+        "{:?}",
+        r.err()
+    );
     let r = Model::from_safetensors_bytes(
         &cfg,
         vec![
@@ -309,7 +314,7 @@ fn bad_bytes_are_typed_errors() {
         "x",
         &opts,
     );
-    assert!(matches!(r, Err(Error::BadModelConfig(_))));
+    assert!(matches!(r, Err(Error::Arch(ArchError::BadWeightFiles(_)))));
     let r = Model::from_safetensors_bytes(
         &cfg,
         vec![
@@ -319,7 +324,7 @@ fn bad_bytes_are_typed_errors() {
         "x",
         &opts,
     );
-    assert!(matches!(r, Err(Error::BadModelConfig(_))));
+    assert!(matches!(r, Err(Error::Arch(ArchError::BadWeightFiles(_)))));
     let r = Model::from_safetensors_bytes(
         &cfg,
         vec![(
@@ -329,15 +334,15 @@ fn bad_bytes_are_typed_errors() {
         "x",
         &opts,
     );
-    assert!(matches!(r, Err(Error::BadModelConfig(_))));
+    assert!(matches!(r, Err(Error::Arch(ArchError::BadWeightFiles(_)))));
 
     assert!(matches!(
         Model::from_gguf_bytes(b"GGUF".to_vec(), "x.gguf"),
-        Err(Error::Gguf(_))
+        Err(Error::Arch(ArchError::Gguf(_)))
     ));
     assert!(matches!(
         Model::from_gguf_bytes(Vec::new(), "x.gguf"),
-        Err(Error::Gguf(_))
+        Err(Error::Arch(ArchError::Gguf(_)))
     ));
 
     let mut m = Model::open_base(&dir).expect("base");

@@ -7,7 +7,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Error)]
 pub enum Error {
     /// A line of the data file could not be used (1-based line number).
-    #[error("{path}:{line}: {msg} (fix the line, or pass --skip-bad-lines to skip such lines)")]
+    #[error("{path}:{line}: {msg} (fix the line, or skip bad lines)")]
     BadLine {
         path: String,
         line: usize,
@@ -35,10 +35,17 @@ pub enum Error {
     Checkpoint { path: String, msg: String },
     #[error(transparent)]
     Text(#[from] graft_text::Error),
+    /// Boxed: a model error is large, and training's results are returned on every step.
     #[error(transparent)]
-    Model(#[from] graft_models::Error),
+    Model(Box<graft_models::Error>),
     #[error(transparent)]
     Core(#[from] graft_core::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<graft_models::Error> for Error {
+    fn from(e: graft_models::Error) -> Self {
+        Error::Model(Box::new(e))
+    }
 }

@@ -1,5 +1,6 @@
-//! The differentiable forward pass of a Llama-family model with a trainable adapter, as
-//! transformers' `LlamaForCausalLM` + PEFT compute it in training mode, and its loss.
+//! The differentiable forward pass of any described network with a trainable adapter, as
+//! transformers + PEFT compute it in training mode, and its loss. It reads the same
+//! [`Network`] description the CPU and GPU backends run.
 //!
 //! Autograd is candle's (`Var`, `backward`), with graft's own backward where candle's would
 //! waste work or memory:
@@ -14,9 +15,8 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
-use graft_models::base::{ModuleTable, Norm, Weight};
-use graft_models::llama::Llama;
-use graft_models::model::Arch;
+use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Residual};
+use graft_arch::table::{for_each_tile, ModuleTable, Weight};
 use graft_models::Model;
 use graft_quant::QMatrix;
 use rand::rngs::StdRng;
@@ -27,9 +27,6 @@ use crate::data::IGNORE_INDEX;
 use crate::error::{Error, Result};
 use crate::ops::{slice_of, CausalAttention, RmsNorm};
 use crate::params::{TLayer, Trainable};
-
-/// Rows of a quantized weight dequantized at once in the backward pass.
-const TILE_ROWS: usize = 256;
 
 /// `y = x Wᵀ` against a frozen base weight (dense or quantized), with a backward pass for `x`
 /// only.
@@ -47,21 +44,14 @@ impl FrozenLinear {
 fn quant_grad(q: &QMatrix, g: &Tensor) -> candle_core::Result<Tensor> {
     // ∂x = Σ_tiles ∂y[:, tile] · W[tile, :]
     let mut acc: Option<Tensor> = None;
-    let mut r = 0;
-    while r < q.rows {
-        let rows = TILE_ROWS.min(q.rows - r);
-        let mut w = vec![0f32; rows * q.cols];
-        for k in 0..rows {
-            q.dequantize_row(r + k, &mut w[k * q.cols..(k + 1) * q.cols]);
-        }
-        let w = Tensor::from_vec(w, (rows, q.cols), &Device::Cpu)?;
-        let part = g.narrow(1, r, rows)?.contiguous()?.matmul(&w)?;
-        acc = Some(match acc {
+    for_each_tile(q, |r, w| {
+        let part = g.narrow(1, r, w.dim(0)?)?.contiguous()?.matmul(&w)?;
+        acc = Some(match acc.take() {
             Some(a) => (a + part)?,
             None => part,
         });
-        r += rows;
-    }
+        Ok(())
+    })?;
     acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
 }
 
@@ -201,7 +191,7 @@ impl Batch {
 /// The training view of a model: its frozen base and the trainable adapter.
 pub struct TrainModel<'a> {
     table: &'a ModuleTable,
-    llama: &'a Llama,
+    net: &'a Network,
     pub adapter: &'a Trainable,
     vocab: usize,
 }
@@ -211,6 +201,17 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
 }
 
+fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
@@ -218,36 +219,117 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
 }
 
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::Relu => x.relu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+    })
+}
+
+/// RoPE tables as transformers builds them: cos/sin of cat(freqs, freqs), (t, head_dim).
+fn rope_tables(t: usize, head_dim: usize, inv_freq: &[f32]) -> Result<(Tensor, Tensor)> {
+    let mut cos = Vec::with_capacity(t * head_dim);
+    let mut sin = Vec::with_capacity(t * head_dim);
+    for p in 0..t {
+        for j in 0..head_dim {
+            let f = inv_freq[j % (head_dim / 2)] * p as f32;
+            cos.push(f.cos());
+            sin.push(f.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (t, head_dim), &Device::Cpu)?,
+        Tensor::from_vec(sin, (t, head_dim), &Device::Cpu)?,
+    ))
+}
+
+/// What one batch's forward pass shares between its layers: RoPE tables and attention masks.
+struct Shared {
+    b: usize,
+    t: usize,
+    ropes: Vec<(Tensor, Tensor)>,
+    attention: Vec<CausalAttention>,
+}
+
+impl Shared {
+    /// The attention op for `a`'s shape, built once per batch and shape.
+    fn attention(&mut self, a: &Attention) -> Result<CausalAttention> {
+        let same = |c: &CausalAttention| {
+            c.nh == a.heads
+                && c.nkv == a.kv_heads
+                && c.hd == a.head_dim
+                && c.window == a.window
+                && c.scale == f64::from(a.scale)
+        };
+        if let Some(c) = self.attention.iter().find(|c| same(c)) {
+            return Ok(c.clone());
+        }
+        let c = CausalAttention::new(
+            self.b,
+            a.heads,
+            a.kv_heads,
+            self.t,
+            a.head_dim,
+            f64::from(a.scale),
+            a.window,
+        )?;
+        self.attention.push(c.clone());
+        Ok(c)
+    }
+}
+
 impl<'a> TrainModel<'a> {
     pub fn new(model: &'a Model, adapter: &'a Trainable) -> Result<Self> {
-        let llama = match model.arch() {
-            Arch::Llama(l) => l,
-            Arch::Opt(_) => {
-                return Err(Error::Unsupported(
-                    "training is implemented for Llama-family models (Llama, SmolLM2, Mistral…); this base is OPT".into(),
-                ))
+        let net = model.network();
+        // Training mode would drop activations where transformers' config says so; graft's
+        // trainer does not implement that dropout, so it refuses rather than train otherwise.
+        for (key, p) in &net.dropout {
+            if *p != 0.0 {
+                return Err(Error::Unsupported(format!(
+                    "the model's config has `{key}` = {p}: transformers applies that dropout in training mode and graft's trainer does not implement it (set it to 0 in config.json to train without it)"
+                )));
             }
-        };
+        }
         Ok(TrainModel {
             table: model.table(),
-            llama,
+            net,
             adapter,
             vocab: model.vocab_size,
         })
     }
 
     fn dense(&self, id: usize) -> Result<Tensor> {
-        Ok(self.table.params[id].weight.tensor()?)
+        Ok(graft_core::adapter::WeightMatrix::dense(
+            &self.table.params[id].weight,
+        )?)
     }
 
     fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
-        match self.adapter.saved.get(&n.id) {
-            // A trained norm weight needs its own gradient: candle's ops give it.
-            Some(s) => rms_norm(x, s.weight.as_tensor(), n.eps),
-            None => Ok(x.apply_op1(RmsNorm {
-                weight: self.dense(n.id)?.to_vec1::<f32>()?,
-                eps: n.eps as f32,
-            })?),
+        let saved = self.adapter.saved.get(&n.id);
+        match n.kind {
+            NormKind::Rms => match saved {
+                // A trained norm weight needs its own gradient: candle's ops give it.
+                Some(s) => rms_norm(x, s.weight.as_tensor(), n.eps),
+                None => Ok(x.apply_op1(RmsNorm {
+                    weight: self.dense(n.id)?.to_vec1::<f32>()?,
+                    eps: n.eps as f32,
+                })?),
+            },
+            NormKind::Layer => match saved {
+                Some(s) => layer_norm(
+                    x,
+                    s.weight.as_tensor(),
+                    s.bias.as_ref().map(|b| b.as_tensor()),
+                    n.eps,
+                ),
+                None => layer_norm(
+                    x,
+                    &self.dense(n.id)?,
+                    self.table.params[n.id].bias.as_ref(),
+                    n.eps,
+                ),
+            },
         }
     }
 
@@ -259,6 +341,14 @@ impl<'a> TrainModel<'a> {
         Ok(match &p.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        })
+    }
+
+    /// Rows `ids` of embedding module `id` (its trained copy when it is a modules_to_save).
+    fn embedding(&self, id: usize, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self.adapter.saved.get(&id) {
+            Some(s) => s.weight.as_tensor().index_select(ids, 0)?,
+            None => graft_core::adapter::WeightMatrix::rows(&self.table.params[id].weight, ids)?,
         })
     }
 
@@ -311,15 +401,45 @@ impl<'a> TrainModel<'a> {
         }
     }
 
+    /// Causal self-attention on h (b·t, hidden).
+    fn attention(
+        &self,
+        a: &Attention,
+        h: &Tensor,
+        sh: &mut Shared,
+        mut rng: Option<&mut StdRng>,
+    ) -> Result<Tensor> {
+        let (b, t) = (sh.b, sh.t);
+        let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let rope = |y: Tensor| -> Result<Tensor> {
+            match a.rope.and_then(|r| sh.ropes.get(r)) {
+                Some((cos, sin)) => {
+                    Ok((y.broadcast_mul(cos)? + rotate_half(&y)?.broadcast_mul(sin)?)?)
+                }
+                None => Ok(y),
+            }
+        };
+        let q = rope(heads(self.linear(a.q, h, rng.as_deref_mut())?, nh)?)?;
+        let k = rope(heads(self.linear(a.k, h, rng.as_deref_mut())?, nkv)?)?;
+        let v = heads(self.linear(a.v, h, rng.as_deref_mut())?, nkv)?;
+        let op = sh.attention(a)?;
+        let o = q.contiguous()?.apply_op3(&k.contiguous()?, &v, op)?;
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
+        self.linear(a.o, &o, rng)
+    }
+
     /// Hidden states after the final norm, (b·t, hidden). `rng` enables dropout (training
     /// mode); `None` is evaluation mode.
     pub fn hidden(&self, batch: &Batch, mut rng: Option<&mut StdRng>) -> Result<Tensor> {
-        let c = &self.llama.cfg;
+        let net = self.net;
         let (b, t) = (batch.b, batch.t);
-        if t > c.max_position_embeddings {
+        if t > net.max_positions {
             return Err(Error::Config(format!(
                 "a sequence of {t} tokens is longer than the model's context ({})",
-                c.max_position_embeddings
+                net.max_positions
             )));
         }
         if let Some(&id) = batch.ids.iter().find(|&&i| i as usize >= self.vocab) {
@@ -328,69 +448,88 @@ impl<'a> TrainModel<'a> {
                 self.vocab
             )));
         }
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let ids = Tensor::from_vec(batch.ids.clone(), b * t, &Device::Cpu)?;
-        let mut x = match self.adapter.saved.get(&self.llama.embed) {
-            Some(s) => s.weight.as_tensor().index_select(&ids, 0)?,
-            None => graft_core::adapter::WeightMatrix::rows(
-                &self.table.params[self.llama.embed].weight,
-                &ids,
-            )?,
+        let mut x = self.embedding(net.embed, &ids)?;
+        if let Some(pi) = net.project_in {
+            x = self.linear(pi, &x, rng.as_deref_mut())?;
+        }
+        if let Some(pos) = net.positions {
+            let rows: Vec<u32> = (0..b)
+                .flat_map(|_| (0..t).map(|p| (p + pos.offset) as u32))
+                .collect();
+            let rows = Tensor::from_vec(rows, b * t, &Device::Cpu)?;
+            x = (x + self.embedding(pos.module, &rows)?)?;
+        }
+        let mut sh = Shared {
+            b,
+            t,
+            ropes: net
+                .ropes
+                .iter()
+                .map(|r| rope_tables(t, r.head_dim, &r.inv_freq))
+                .collect::<Result<_>>()?,
+            attention: Vec::new(),
         };
-        // RoPE tables as transformers builds them: cos/sin of cat(freqs, freqs).
-        let mut cos = Vec::with_capacity(t * hd);
-        let mut sin = Vec::with_capacity(t * hd);
-        for p in 0..t {
-            for j in 0..hd {
-                let f = self.llama.inv_freq[j % (hd / 2)] * p as f32;
-                cos.push(f.cos());
-                sin.push(f.sin());
+        for blk in &net.blocks {
+            let pre = blk.residual == Residual::PreNorm;
+            let h = if pre {
+                self.norm(blk.attn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            x = (x + self.attention(&blk.attn, &h, &mut sh, rng.as_deref_mut())?)?;
+            if !pre {
+                x = self.norm(blk.attn_norm, &x)?;
+            }
+            let h = if pre {
+                self.norm(blk.mlp_norm, &x)?
+            } else {
+                x.clone()
+            };
+            let m = match blk.mlp {
+                Mlp::Gated {
+                    gate,
+                    up,
+                    down,
+                    act,
+                } => {
+                    let g = activate(act, &self.linear(gate, &h, rng.as_deref_mut())?)?;
+                    let u = self.linear(up, &h, rng.as_deref_mut())?;
+                    self.linear(down, &(g * u)?, rng.as_deref_mut())?
+                }
+                Mlp::Plain { fc1, fc2, act } => {
+                    let f = activate(act, &self.linear(fc1, &h, rng.as_deref_mut())?)?;
+                    self.linear(fc2, &f, rng.as_deref_mut())?
+                }
+            };
+            x = (x + m)?;
+            if !pre {
+                x = self.norm(blk.mlp_norm, &x)?;
             }
         }
-        let cos = Tensor::from_vec(cos, (t, hd), &Device::Cpu)?;
-        let sin = Tensor::from_vec(sin, (t, hd), &Device::Cpu)?;
-        let attention = CausalAttention::new(b, nh, nkv, t, hd, c.sliding_window)?;
-        for l in &self.llama.layers {
-            let h = self.norm(l.input_norm, &x)?;
-            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let rope = |y: &Tensor| -> Result<Tensor> {
-                Ok((y.broadcast_mul(&cos)? + rotate_half(y)?.broadcast_mul(&sin)?)?)
-            };
-            let q = rope(&heads(self.linear(l.q, &h, rng.as_deref_mut())?, nh)?)?;
-            let k = rope(&heads(self.linear(l.k, &h, rng.as_deref_mut())?, nkv)?)?;
-            let v = heads(self.linear(l.v, &h, rng.as_deref_mut())?, nkv)?;
-            let o = q.contiguous()?.apply_op3(
-                &k.contiguous()?,
-                &v,
-                CausalAttention {
-                    mask: attention.mask.clone(),
-                    ..attention
-                },
-            )?;
-            let a = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
-            x = (x + self.linear(l.o, &a, rng.as_deref_mut())?)?;
-            let h = self.norm(l.post_norm, &x)?;
-            let g = self.linear(l.gate, &h, rng.as_deref_mut())?.silu()?;
-            let u = self.linear(l.up, &h, rng.as_deref_mut())?;
-            x = (x + self.linear(l.down, &(g * u)?, rng.as_deref_mut())?)?;
+        match net.final_norm {
+            Some(f) => self.norm(f, &x),
+            None => Ok(x),
         }
-        self.norm(self.llama.norm, &x)
     }
 
-    /// Logits of the rows `rows` of the hidden states (the output head, adapted as in PEFT).
+    /// Logits of hidden states (the output head, adapted as in PEFT; `project_out` first).
     fn head(&self, h: &Tensor) -> Result<Tensor> {
-        let head = self.llama.head;
+        let net = self.net;
+        let h = match net.project_out {
+            Some(po) => self.linear(po, h, None)?,
+            None => h.clone(),
+        };
+        let head = net.head.module;
         if self.adapter.saved.contains_key(&head) || self.adapter.layers.contains_key(&head) {
-            return self.linear(head, h, None);
+            return self.linear(head, &h, None);
         }
-        if self.llama.tied {
-            if let Some(s) = self.adapter.saved.get(&self.llama.embed) {
+        if let Some(e) = net.head.tied_to {
+            if let Some(s) = self.adapter.saved.get(&e) {
                 return Ok(h.matmul(&s.weight.as_tensor().t()?)?);
             }
         }
-        self.base(head, h)
+        self.base(head, &h)
     }
 
     /// Full logits (b·t, vocab), evaluation mode: for tests and checks.

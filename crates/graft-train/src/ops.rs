@@ -79,6 +79,7 @@ impl CustomOp1 for RmsNorm {
 /// (b, nkv, t, hd) → (b, nh, t, hd). The probabilities are recomputed in the backward pass
 /// instead of kept. Query heads sharing a key/value head are stacked along the rows, so keys
 /// and values are never repeated.
+#[derive(Clone)]
 pub struct CausalAttention {
     pub b: usize,
     pub nh: usize,
@@ -86,6 +87,7 @@ pub struct CausalAttention {
     pub t: usize,
     pub hd: usize,
     pub scale: f64,
+    pub window: Option<usize>,
     /// (groups·t, t) additive mask: 0 or −∞.
     pub mask: Tensor,
 }
@@ -97,6 +99,7 @@ impl CausalAttention {
         nkv: usize,
         t: usize,
         hd: usize,
+        scale: f64,
         sliding_window: Option<usize>,
     ) -> candle_core::Result<Self> {
         let groups = nh / nkv;
@@ -116,7 +119,8 @@ impl CausalAttention {
             nkv,
             t,
             hd,
-            scale: 1.0 / (hd as f64).sqrt(),
+            scale,
+            window: sliding_window,
             mask: Tensor::from_vec(m, (groups * t, t), &Device::Cpu)?,
         })
     }

@@ -491,12 +491,12 @@ impl<'m> Trainer<'m> {
                 let what = if loss.is_finite() { norm } else { loss };
                 let checkpoint = match &last_checkpoint {
                     Some(p) => format!(
-                        "The last good checkpoint is {} (kept; resume from it with a lower learning rate, e.g. --resume --lr {:e}).",
+                        "The last good checkpoint is {} (kept; resume from it with a lower learning rate, e.g. {:e}).",
                         p.display(),
                         self.args.optim.lr / 10.0
                     ),
                     None => format!(
-                        "No checkpoint was saved before it (use --save-steps); try a lower learning rate than {:e}.",
+                        "No checkpoint was saved before it (save checkpoints more often); try a lower learning rate than {:e}.",
                         self.args.optim.lr
                     ),
                 };

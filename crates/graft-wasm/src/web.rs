@@ -5,24 +5,32 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
 use graft_hub::browser::{BrowserHub, BrowserOptions};
 use graft_hub::{Progress, Repo, RepoType, Token};
-use graft_models::{LoadAdapterOptions, Model, OpenOptions, Sampling};
+use graft_models::{Device, DeviceOptions, LoadAdapterOptions, Model, OpenOptions, Sampling};
 use graft_text::{Message, Tokenizer};
 use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint32Array, Uint8Array};
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::kinds::{gpu_error_kind, model_error_kind};
+use crate::kinds::{js_hint, model_error_kind};
 use crate::settings::{GenerateSettings, LoadSettings};
 
-/// A JavaScript `Error` named `GraftError` with `kind` set.
+/// A JavaScript `Error` named `GraftError` with `kind` set, and — where the package has one —
+/// `hint`: what to change in the call's options (also appended to the message).
 fn js_error(kind: &str, message: &str) -> JsValue {
-    let e = js_sys::Error::new(message);
+    let hint = js_hint(kind, message);
+    let text = match hint {
+        Some(h) => format!("{message} — {h}"),
+        None => message.to_string(),
+    };
+    let e = js_sys::Error::new(&text);
     e.set_name("GraftError");
     let _ = Reflect::set(&e, &"kind".into(), &kind.into());
+    if let Some(h) = hint {
+        let _ = Reflect::set(&e, &"hint".into(), &h.into());
+    }
     e.into()
 }
 
@@ -39,12 +47,6 @@ impl<T> IntoJs<T> for graft_models::Result<T> {
 impl<T> IntoJs<T> for graft_hub::Result<T> {
     fn js(self) -> Result<T, JsValue> {
         self.map_err(|e| js_error(e.kind(), &e.to_string()))
-    }
-}
-
-impl<T> IntoJs<T> for graft_gpu::Result<T> {
-    fn js(self) -> Result<T, JsValue> {
-        self.map_err(|e| js_error(gpu_error_kind(&e), &e.to_string()))
     }
 }
 
@@ -131,15 +133,10 @@ impl HubSettings {
     }
 }
 
-struct Inner {
-    model: Model,
-    gpu: Option<GpuModel>,
-}
-
-/// A model with its adapters, on WebGPU or on the CPU.
+/// A model with its adapters, on WebGPU or on the CPU (the model owns the device).
 #[wasm_bindgen]
 pub struct GraftModel {
-    inner: Rc<RefCell<Inner>>,
+    inner: Rc<RefCell<Model>>,
     /// Outside the RefCell: a streamer decodes tokens while `generate` holds the model.
     tokenizer: Option<Rc<Tokenizer>>,
     eos: Rc<Vec<u32>>,
@@ -305,9 +302,9 @@ pub fn load_model(spec: String, options: JsValue, progress: Option<Function>) ->
                 eos.push(e);
             }
         }
-        let (gpu, device, device_note) = pick_device(&model, &s).await;
+        let (device, device_note) = pick_device(&mut model, &s).await;
         let m = GraftModel {
-            inner: Rc::new(RefCell::new(Inner { model, gpu })),
+            inner: Rc::new(RefCell::new(model)),
             tokenizer: tokenizer.map(Rc::new),
             eos: Rc::new(eos),
             hub: hub_settings,
@@ -319,38 +316,24 @@ pub fn load_model(spec: String, options: JsValue, progress: Option<Function>) ->
     })
 }
 
-/// WebGPU when asked for (or `auto`) and available, else the CPU, with the reason.
-async fn pick_device(model: &Model, s: &LoadSettings) -> (Option<GpuModel>, String, String) {
+/// WebGPU when asked for (or `auto`) and available, else the CPU, with the reason. In the
+/// browser `auto` takes any adapter, software ones (SwiftShader) included: graft's wasm CPU
+/// path has no threads to beat them with.
+async fn pick_device(model: &mut Model, s: &LoadSettings) -> (String, String) {
     if s.device == "cpu" {
-        return (None, "cpu".into(), "the CPU was asked for".into());
+        return ("cpu".into(), "the CPU was asked for".into());
     }
-    let gpu = match Gpu::new(&GpuOptions::default()).await {
-        Ok(g) => g,
-        Err(e) => return (None, "cpu".into(), format!("no WebGPU: {e}")),
-    };
-    let opts = GpuModelOptions {
+    let opts = DeviceOptions {
         max_context: Some(s.max_context.unwrap_or(2048)),
         ..Default::default()
     };
-    match GpuModel::new(&gpu, model, &opts) {
-        Ok(g) => {
-            let note = format!(
-                "WebGPU on {} ({}{})",
-                gpu.info.name,
-                gpu.info.backend,
-                if gpu.info.is_software {
-                    ", a software adapter"
-                } else {
-                    ""
-                }
-            );
-            (Some(g), "webgpu".into(), note)
+    match model.set_device_async(Device::Gpu, &opts).await {
+        Ok(r) if r.device == Device::Gpu => ("webgpu".into(), format!("WebGPU on {}", r.name)),
+        Ok(r) => ("cpu".into(), r.to_string()),
+        Err(graft_models::Error::Gpu(graft_gpu::Error::NoAdapter(e))) => {
+            ("cpu".into(), format!("no WebGPU: {e}"))
         }
-        Err(e) => (
-            None,
-            "cpu".into(),
-            format!("WebGPU cannot run this model: {e}"),
-        ),
+        Err(e) => ("cpu".into(), format!("WebGPU cannot run this model: {e}")),
     }
 }
 
@@ -389,12 +372,7 @@ impl GraftModel {
 
     #[wasm_bindgen(getter)]
     pub fn vocab_size(&self) -> Result<usize, JsValue> {
-        Ok(self
-            .inner
-            .try_borrow()
-            .map_err(|_| busy())?
-            .model
-            .vocab_size)
+        Ok(self.inner.try_borrow().map_err(|_| busy())?.vocab_size)
     }
 
     /// `model.load_adapter(repo_id, { adapter_name, revision, token, subfolder })`.
@@ -430,7 +408,6 @@ impl GraftModel {
             };
             let mut g = inner.try_borrow_mut().map_err(|_| busy())?;
             let report = g
-                .model
                 .load_adapter_from_bytes(&pick("adapter_config.json"), &pick(".safetensors"), opts)
                 .js()?;
             Ok(JsValue::from(
@@ -452,8 +429,7 @@ impl GraftModel {
     ) -> Result<(), JsValue> {
         let cfg = graft_core::config::config_from_kwargs(to_json(&config)?).js()?;
         let mut g = self.inner.try_borrow_mut().map_err(|_| busy())?;
-        g.model
-            .add_adapter(cfg, Some(&adapter_name), seed.unwrap_or(0.0) as u64)
+        g.add_adapter(cfg, Some(&adapter_name), seed.unwrap_or(0.0) as u64)
             .js()?;
         Ok(())
     }
@@ -463,14 +439,13 @@ impl GraftModel {
         let names = names_of(&names)?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut g = self.inner.try_borrow_mut().map_err(|_| busy())?;
-        g.model.set_adapter(&refs).js()
+        g.set_adapter(&refs).js()
     }
 
     pub fn enable_adapters(&self) -> Result<(), JsValue> {
         self.inner
             .try_borrow_mut()
             .map_err(|_| busy())?
-            .model
             .enable_adapters()
             .js()
     }
@@ -479,7 +454,6 @@ impl GraftModel {
         self.inner
             .try_borrow_mut()
             .map_err(|_| busy())?
-            .model
             .disable_adapters()
             .js()
     }
@@ -488,7 +462,6 @@ impl GraftModel {
         self.inner
             .try_borrow()
             .map_err(|_| busy())?
-            .model
             .active_adapters()
             .js()
     }
@@ -499,7 +472,6 @@ impl GraftModel {
         self.inner
             .try_borrow_mut()
             .map_err(|_| busy())?
-            .model
             .delete_adapter(&refs)
             .js()
     }
@@ -508,7 +480,7 @@ impl GraftModel {
     /// (values as f32; `dtype` says what the file stores).
     pub fn get_adapter_state_dict(&self, name: Option<String>) -> Result<JsValue, JsValue> {
         let g = self.inner.try_borrow().map_err(|_| busy())?;
-        let sd = g.model.get_adapter_state_dict(name.as_deref()).js()?;
+        let sd = g.get_adapter_state_dict(name.as_deref()).js()?;
         let out = Object::new();
         for (k, t) in sd {
             let o = Object::new();
@@ -548,7 +520,7 @@ impl GraftModel {
             .as_ref()
             .map(|n| n.iter().map(String::as_str).collect());
         let g = self.inner.try_borrow().map_err(|_| busy())?;
-        let files = g.model.adapter_files_bytes(refs.as_deref()).js()?;
+        let files = g.adapter_files_bytes(refs.as_deref()).js()?;
         let out = Object::new();
         for (path, bytes) in files {
             let _ = Reflect::set(&out, &path.into(), &Uint8Array::from(bytes.as_slice()));
@@ -563,16 +535,8 @@ impl GraftModel {
     pub fn logits(&self, tokens: Vec<u32>) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let mut g = inner.try_borrow_mut().map_err(|_| busy())?;
-            let Inner { model, gpu, .. } = &mut *g;
-            let t = match gpu {
-                Some(gm) => {
-                    // A fresh sequence: the GPU model's forward continues its KV cache.
-                    gm.reset();
-                    gm.forward_async(model, &tokens, false).await.js()?
-                }
-                None => model.logits(&tokens).js()?,
-            };
+            let g = inner.try_borrow_mut().map_err(|_| busy())?;
+            let t = g.logits_async(&tokens).await.js()?;
             let dims: Array = t.dims().iter().map(|d| JsValue::from(*d as f64)).collect();
             let data = t
                 .flatten_all()
@@ -605,23 +569,17 @@ impl GraftModel {
                 top_p: s.top_p,
                 seed: s.seed,
             };
-            let mut g = inner.try_borrow_mut().map_err(|_| busy())?;
-            let Inner { model, gpu } = &mut *g;
+            let g = inner.try_borrow_mut().map_err(|_| busy())?;
             let eos: &[u32] = &eos;
             let cb = |id: u32| {
                 if let Some(f) = &on_token {
                     let _ = f.call1(&JsValue::NULL, &JsValue::from(id));
                 }
             };
-            let out = match gpu {
-                Some(gm) => gm
-                    .generate_async(model, &tokens, s.max_new_tokens, eos, &sampling, cb)
-                    .await
-                    .js()?,
-                None => model
-                    .generate_with(&tokens, s.max_new_tokens, eos, &sampling, cb)
-                    .js()?,
-            };
+            let out = g
+                .generate_with_async(&tokens, s.max_new_tokens, eos, &sampling, cb)
+                .await
+                .js()?;
             Ok(Uint32Array::from(out.as_slice()).into())
         })
     }

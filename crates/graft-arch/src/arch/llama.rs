@@ -2,13 +2,20 @@
 //! (`model_type: mistral`) — as transformers' `LlamaForCausalLM` / `MistralForCausalLM`
 //! compute it.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::{Architecture, GgufSupport};
 use crate::config::{
     no_effect, null, null_or_one, only, read, ConfigReader, Key, Source, Understood,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::network::{
+    Activation, Attention, Block, Head, Mlp, Network, NormKind, Residual, RopeTable,
+};
 use crate::rope::{self, Rope, RopeOptions, RopeParams};
+use crate::table::ModuleTable;
+use crate::weights::WeightStore;
 
 /// `LlamaConfig`'s keys (transformers 4.57 and 5.25).
 pub const LLAMA_KEYS: &[Key] = &[
@@ -290,3 +297,213 @@ fn check_layer_types(r: &mut ConfigReader, layers: usize, sliding: bool) -> Resu
     );
     Ok(())
 }
+
+/// The network of a `llama` or `mistral` model, its modules registered in `t` under their
+/// Hugging Face paths.
+pub fn describe(
+    cfg: &Value,
+    source_name: &str,
+    w: &WeightStore,
+    t: &mut ModuleTable,
+) -> Result<(Network, Understood)> {
+    let (c, understood) = read_config(cfg, source_name)?;
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+    let rms =
+        |t: &mut ModuleTable, path: &str| t.norm(w, path, h, false, c.rms_norm_eps, NormKind::Rms);
+    let embed = t.embedding(w, "model.embed_tokens", c.vocab_size, h)?;
+    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let (ab, mb) = (c.attention_bias, c.mlp_bias);
+        let attn_norm = rms(t, &format!("{p}.input_layernorm"))?;
+        let q = t.linear(w, &format!("{p}.self_attn.q_proj"), h, nh * hd, ab)?;
+        let k = t.linear(w, &format!("{p}.self_attn.k_proj"), h, nkv * hd, ab)?;
+        let v = t.linear(w, &format!("{p}.self_attn.v_proj"), h, nkv * hd, ab)?;
+        let o = t.linear(w, &format!("{p}.self_attn.o_proj"), nh * hd, h, ab)?;
+        let mlp_norm = rms(t, &format!("{p}.post_attention_layernorm"))?;
+        let ffn = c.intermediate_size;
+        let gate = t.linear(w, &format!("{p}.mlp.gate_proj"), h, ffn, mb)?;
+        let up = t.linear(w, &format!("{p}.mlp.up_proj"), h, ffn, mb)?;
+        let down = t.linear(w, &format!("{p}.mlp.down_proj"), ffn, h, mb)?;
+        blocks.push(Block {
+            attn_norm,
+            attn: Attention {
+                q,
+                k,
+                v,
+                o,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                rope: Some(0),
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: c.sliding_window,
+            },
+            mlp_norm,
+            mlp: Mlp::Gated {
+                gate,
+                up,
+                down,
+                act: Activation::Silu,
+            },
+            residual: Residual::PreNorm,
+        });
+    }
+    let final_norm = rms(t, "model.norm")?;
+    // A tied checkpoint has no lm_head.weight; an untied one must have it.
+    let tied_to = c.tie_word_embeddings.then_some(embed);
+    let head = t.head(w, "lm_head", h, c.vocab_size, tied_to)?;
+    let model_type = cfg
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("llama")
+        .to_string();
+    let net = Network {
+        model_type,
+        vocab_size: c.vocab_size,
+        hidden_size: h,
+        max_positions: c.max_position_embeddings,
+        embed,
+        embed_dim: h,
+        project_in: None,
+        positions: None,
+        blocks,
+        final_norm: Some(final_norm),
+        project_out: None,
+        head: Head {
+            module: head,
+            tied_to,
+        },
+        ropes: vec![RopeTable::new(c.rope, hd)],
+        dropout: vec![("attention_dropout", c.attention_dropout)],
+    };
+    Ok((net, understood))
+}
+
+fn meta_err(key: &str) -> Error {
+    Error::Gguf(format!("metadata `{key}` is missing or has the wrong type"))
+}
+
+/// The `config.json` equivalent of a Llama-family GGUF (`general.architecture` `llama`; llama.cpp
+/// converts Mistral as `llama` too). Keys llama.cpp requires are required here.
+pub fn gguf_config(g: &Gguf) -> Result<Value> {
+    let arch = g
+        .get_str("general.architecture")
+        .ok_or_else(|| meta_err("general.architecture"))?;
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| -> Result<u64> { g.get_u64(&key(k)).ok_or_else(|| meta_err(&key(k))) };
+    let hidden = u("embedding_length")?;
+    let heads = u("attention.head_count")?;
+    if heads == 0 {
+        return Err(meta_err(&key("attention.head_count")));
+    }
+    let kv_heads = g.get_u64(&key("attention.head_count_kv")).unwrap_or(heads);
+    let head_dim = g
+        .get_u64(&key("rope.dimension_count"))
+        .unwrap_or(hidden / heads);
+    let vocab = match g.get_u64(&key("vocab_size")) {
+        Some(v) => v,
+        None => g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|t| t.as_array())
+            .map(|a| a.len() as u64)
+            .ok_or_else(|| meta_err("tokenizer.ggml.tokens"))?,
+    };
+    let eps = g
+        .get_f64(&key("attention.layer_norm_rms_epsilon"))
+        .ok_or_else(|| meta_err(&key("attention.layer_norm_rms_epsilon")))?;
+    let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
+    let mut cfg = json!({
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": u("feed_forward_length")?,
+        "num_hidden_layers": u("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": eps,
+        // llama.cpp's default base when the key is absent
+        "rope_theta": g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
+        "max_position_embeddings": u("context_length")?,
+        "tie_word_embeddings": tied,
+        "attention_bias": g.tensors.iter().any(|t| t.name.ends_with("attn_q.bias")),
+    });
+    if let Some(eos) = g.get_u64("tokenizer.ggml.eos_token_id") {
+        cfg["eos_token_id"] = json!(eos);
+    }
+    if let Some(bos) = g.get_u64("tokenizer.ggml.bos_token_id") {
+        cfg["bos_token_id"] = json!(bos);
+    }
+    if let Some(f) = g.get_f64(&key("rope.scaling.factor")) {
+        let ty = g.get_str(&key("rope.scaling.type")).unwrap_or("linear");
+        if ty != "linear" && ty != "none" {
+            return Err(Error::Gguf(format!(
+                "`{}` = {ty} is not supported (linear and none are)",
+                key("rope.scaling.type")
+            )));
+        }
+        if ty == "linear" && f != 1.0 {
+            cfg["rope_scaling"] = json!({"type": "linear", "factor": f});
+        }
+    }
+    Ok(cfg)
+}
+
+/// GGUF tensor name → Hugging Face parameter name (Llama family).
+pub fn gguf_tensor_name(gguf: &str) -> Option<String> {
+    let simple = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(s) = simple {
+        return Some(s.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, param) = part.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{param}"))
+}
+
+/// llama.cpp's converter permutes the rows of q_proj and k_proj (weights and biases) from
+/// rotate-half RoPE to the interleaved layout, for arch `llama` only: the heads to undo it over.
+pub fn gguf_permuted_heads(hf_name: &str, cfg: &Value) -> Option<usize> {
+    let heads = |k: &str| cfg.get(k).and_then(Value::as_u64).map(|h| h as usize);
+    let param = hf_name.rsplit('.').next()?;
+    let module = hf_name.strip_suffix(param)?.trim_end_matches('.');
+    if module.ends_with("self_attn.q_proj") {
+        heads("num_attention_heads")
+    } else if module.ends_with("self_attn.k_proj") {
+        heads("num_key_value_heads")
+    } else {
+        None
+    }
+}
+
+/// The Llama family in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &["llama", "mistral"],
+    describe,
+    gguf: Some(GgufSupport {
+        architectures: &["llama", "mistral"],
+        config: gguf_config,
+        tensor_name: gguf_tensor_name,
+        permuted_heads: gguf_permuted_heads,
+    }),
+};

@@ -1,40 +1,114 @@
-//! One file per architecture: its configuration keys, how it reads them, and (next to them)
-//! how it describes the network.
+//! One file per architecture: its configuration keys, how it reads them, how it describes its
+//! network, and how its GGUF files map to Hugging Face names. Adding an architecture means
+//! writing its file and listing it in [`ARCHITECTURES`].
 
 pub mod llama;
 pub mod opt;
 
+use graft_quant::QType;
 use serde_json::Value;
 
 use crate::config::Understood;
 use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::gguf_weights::{self, GgufFile};
+use crate::network::Network;
+use crate::table::ModuleTable;
+use crate::weights::WeightStore;
 
-/// The `model_type`s graft runs.
-pub const SUPPORTED: &str = "llama, mistral, opt";
+/// `describe`: a configuration (and the name of its source, for messages) and the weights →
+/// the network, its modules registered in the table, and the configuration as understood.
+pub type Describe =
+    fn(&Value, &str, &WeightStore, &mut ModuleTable) -> Result<(Network, Understood)>;
 
-/// A configuration, read by its architecture.
-#[derive(Debug, Clone)]
-pub enum ArchConfig {
-    Llama(llama::LlamaConfig),
-    Opt(opt::OptConfig),
+/// What an architecture file provides.
+pub struct Architecture {
+    /// The `model_type` values of `config.json` it reads.
+    pub model_types: &'static [&'static str],
+    pub describe: Describe,
+    /// How llama.cpp's GGUF files of this architecture map to Hugging Face names.
+    pub gguf: Option<GgufSupport>,
 }
 
-/// Reads `cfg` (a `config.json` object, or its GGUF equivalent named `source_name`) with the
-/// architecture its `model_type` names.
-pub fn read_config(cfg: &Value, source_name: &str) -> Result<(ArchConfig, Understood)> {
+/// GGUF files of an architecture.
+pub struct GgufSupport {
+    /// `general.architecture` values.
+    pub architectures: &'static [&'static str],
+    /// The metadata as the equivalent `config.json` (then read like any other).
+    pub config: fn(&Gguf) -> Result<Value>,
+    /// A GGUF tensor name → its Hugging Face parameter name (None: unknown, refused).
+    pub tensor_name: fn(&str) -> Option<String>,
+    /// For a Hugging Face parameter name and the config: the RoPE heads over which llama.cpp
+    /// permuted its rows, to undo.
+    pub permuted_heads: fn(&str, &Value) -> Option<usize>,
+}
+
+/// Every architecture graft runs.
+pub const ARCHITECTURES: &[Architecture] = &[llama::ARCHITECTURE, opt::ARCHITECTURE];
+
+/// The `model_type`s graft runs, for messages.
+pub fn supported() -> String {
+    ARCHITECTURES
+        .iter()
+        .flat_map(|a| a.model_types.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A model described: the network, its module table (paths and base parameters) and the
+/// configuration as graft understood it.
+pub struct Described {
+    pub net: Network,
+    pub table: ModuleTable,
+    pub understood: Understood,
+}
+
+/// Describes the model `cfg` (named `source_name` in messages) with the architecture its
+/// `model_type` names. `quantize` quantizes the Linear weights (all but the output head)
+/// while loading, as `load_in_8bit` / `load_in_4bit` do.
+pub fn describe(
+    cfg: &Value,
+    source_name: &str,
+    weights: &WeightStore,
+    quantize: Option<QType>,
+) -> Result<Described> {
     let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-    match model_type {
-        "llama" | "mistral" => {
-            let (c, u) = llama::read_config(cfg, source_name)?;
-            Ok((ArchConfig::Llama(c), u))
-        }
-        "opt" => {
-            let (c, u) = opt::read_config(cfg, source_name)?;
-            Ok((ArchConfig::Opt(c), u))
-        }
-        other => Err(Error::UnsupportedArchitecture(
-            other.to_string(),
-            SUPPORTED.to_string(),
-        )),
-    }
+    let arch = ARCHITECTURES
+        .iter()
+        .find(|a| a.model_types.contains(&model_type))
+        .ok_or_else(|| Error::UnsupportedArchitecture(model_type.to_string(), supported()))?;
+    let mut table = ModuleTable::new(model_type);
+    table.quantize = quantize;
+    let (net, understood) = (arch.describe)(cfg, source_name, weights, &mut table)?;
+    Ok(Described {
+        net,
+        table,
+        understood,
+    })
+}
+
+/// A GGUF file's configuration (as `config.json`) and its weights under Hugging Face names,
+/// by the architecture its `general.architecture` names.
+pub fn from_gguf(file: &GgufFile) -> Result<(Value, WeightStore)> {
+    let name = file
+        .header
+        .get_str("general.architecture")
+        .ok_or_else(|| Error::Gguf("metadata `general.architecture` is missing".into()))?;
+    let support = ARCHITECTURES
+        .iter()
+        .filter_map(|a| a.gguf.as_ref())
+        .find(|g| g.architectures.contains(&name))
+        .ok_or_else(|| {
+            let known: Vec<&str> = ARCHITECTURES
+                .iter()
+                .filter_map(|a| a.gguf.as_ref())
+                .flat_map(|g| g.architectures.iter().copied())
+                .collect();
+            Error::UnsupportedArchitecture(format!("{name} (GGUF)"), known.join(", "))
+        })?;
+    let cfg = (support.config)(&file.header)?;
+    let weights = gguf_weights::weights(file, support.tensor_name, |n| {
+        (support.permuted_heads)(n, &cfg)
+    })?;
+    Ok((cfg, weights))
 }

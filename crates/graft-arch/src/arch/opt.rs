@@ -4,8 +4,14 @@
 
 use serde_json::Value;
 
+use super::Architecture;
 use crate::config::{no_effect, null_or_true, only, read, ConfigReader, Key, Source, Understood};
 use crate::error::Result;
+use crate::network::{
+    Activation, Attention, Block, Head, Mlp, Network, NormKind, Positions, Residual,
+};
+use crate::table::ModuleTable;
+use crate::weights::WeightStore;
 
 /// `OPTConfig`'s keys (transformers 4.57 and 5.25).
 pub const OPT_KEYS: &[Key] = &[
@@ -124,3 +130,120 @@ pub fn read_config(cfg: &Value, source_name: &str) -> Result<(OptConfig, Underst
     };
     Ok((c, r.finish()))
 }
+
+/// OPT's learned positional embedding skips its first two rows.
+pub const POSITION_OFFSET: usize = 2;
+
+/// The network of an `opt` model, its modules registered in `t` under their Hugging Face
+/// paths (in transformers' `named_modules()` order).
+pub fn describe(
+    cfg: &Value,
+    source_name: &str,
+    w: &WeightStore,
+    t: &mut ModuleTable,
+) -> Result<(Network, Understood)> {
+    let (c, understood) = read_config(cfg, source_name)?;
+    let (h, e) = (c.hidden_size, c.word_embed_proj_dim);
+    let p = "model.decoder";
+    // nn.LayerNorm's default; OPTConfig has no key for it.
+    let eps = 1e-5;
+    let ln = |t: &mut ModuleTable, path: &str| t.norm(w, path, h, true, eps, NormKind::Layer);
+    let embed = t.embedding(w, &format!("{p}.embed_tokens"), c.vocab_size, e)?;
+    let positions = t.embedding(
+        w,
+        &format!("{p}.embed_positions"),
+        c.max_position_embeddings + POSITION_OFFSET,
+        h,
+    )?;
+    let (project_in, project_out) = if e != h {
+        (
+            Some(t.linear(w, &format!("{p}.project_in"), e, h, false)?),
+            Some(t.linear(w, &format!("{p}.project_out"), h, e, false)?),
+        )
+    } else {
+        (None, None)
+    };
+    let final_norm = if c.do_layer_norm_before && !c.remove_final_layer_norm {
+        Some(ln(t, &format!("{p}.final_layer_norm"))?)
+    } else {
+        None
+    };
+    let act = match c.activation {
+        OptActivation::Relu => Activation::Relu,
+        OptActivation::Gelu => Activation::GeluErf,
+    };
+    let residual = if c.do_layer_norm_before {
+        Residual::PreNorm
+    } else {
+        Residual::PostNorm
+    };
+    let nh = c.num_attention_heads;
+    let hd = h / nh;
+    let b = c.enable_bias;
+    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let lp = format!("{p}.layers.{i}");
+        let k = t.linear(w, &format!("{lp}.self_attn.k_proj"), h, h, b)?;
+        let v = t.linear(w, &format!("{lp}.self_attn.v_proj"), h, h, b)?;
+        let q = t.linear(w, &format!("{lp}.self_attn.q_proj"), h, h, b)?;
+        let o = t.linear(w, &format!("{lp}.self_attn.out_proj"), h, h, b)?;
+        let attn_norm = ln(t, &format!("{lp}.self_attn_layer_norm"))?;
+        let fc1 = t.linear(w, &format!("{lp}.fc1"), h, c.ffn_dim, b)?;
+        let fc2 = t.linear(w, &format!("{lp}.fc2"), c.ffn_dim, h, b)?;
+        let mlp_norm = ln(t, &format!("{lp}.final_layer_norm"))?;
+        blocks.push(Block {
+            attn_norm,
+            attn: Attention {
+                q,
+                k,
+                v,
+                o,
+                heads: nh,
+                kv_heads: nh,
+                head_dim: hd,
+                rope: None,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: None,
+            },
+            mlp_norm,
+            mlp: Mlp::Plain { fc1, fc2, act },
+            residual,
+        });
+    }
+    let tied_to = c.tie_word_embeddings.then_some(embed);
+    let head = t.head(w, "lm_head", e, c.vocab_size, tied_to)?;
+    let net = Network {
+        model_type: "opt".into(),
+        vocab_size: c.vocab_size,
+        hidden_size: h,
+        max_positions: c.max_position_embeddings,
+        embed,
+        embed_dim: e,
+        project_in,
+        positions: Some(Positions {
+            module: positions,
+            offset: POSITION_OFFSET,
+        }),
+        blocks,
+        final_norm,
+        project_out,
+        head: Head {
+            module: head,
+            tied_to,
+        },
+        ropes: Vec::new(),
+        dropout: vec![
+            ("dropout", c.dropout),
+            ("attention_dropout", c.attention_dropout),
+            ("layerdrop", c.layerdrop),
+        ],
+    };
+    Ok((net, understood))
+}
+
+/// OPT in the registry (no GGUF: llama.cpp does not convert it).
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &["opt"],
+    describe,
+    gguf: None,
+};

@@ -1,15 +1,16 @@
 //! The module table of a base model: every named module (its `named_modules()` path), its
-//! kind and its base parameters. Layers refer to modules by index; the adapter registry works
-//! on the same indices.
+//! kind and its base parameters. The description refers to modules by index; the adapter
+//! registry works on the same indices.
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use graft_core::adapter::WeightMatrix;
-use graft_core::{AdapterRegistry, ModuleInfo, ModuleInventory, ModuleKind};
+use graft_core::{ModuleInfo, ModuleInventory, ModuleKind};
 use graft_quant::{QMatrix, QType};
 
 use crate::error::Result;
+use crate::network::{Norm, NormKind};
 use crate::weights::WeightStore;
 
 /// A base weight matrix: dense f32, or quantized (never expanded to f32 as a whole).
@@ -46,21 +47,36 @@ impl Weight {
 /// and hands it to candle's GEMM, which blocks for the cache and registers far better than a
 /// row-at-a-time kernel; only one tile is ever in f32.
 const GEMM_MIN_TOKENS: usize = 16;
-const GEMM_TILE_ROWS: usize = 256;
+/// Rows of a quantized weight dequantized at once (prefill's GEMM and training's backward).
+pub const TILE_ROWS: usize = 256;
 
-fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_core::Result<Tensor> {
-    let mut parts = Vec::with_capacity(q.rows.div_ceil(GEMM_TILE_ROWS));
+/// Calls `f(first_row, tile)` for consecutive tiles of at most [`TILE_ROWS`] rows of `q`, each
+/// dequantized to an f32 (rows, cols) tensor: the one place a quantized matrix meets f32
+/// matrix-matrix work, so no f32 copy of the whole matrix ever exists.
+pub fn for_each_tile(
+    q: &QMatrix,
+    mut f: impl FnMut(usize, Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
     let mut r = 0;
     while r < q.rows {
-        let rows = GEMM_TILE_ROWS.min(q.rows - r);
+        let rows = TILE_ROWS.min(q.rows - r);
         let mut w = vec![0f32; rows * q.cols];
         for k in 0..rows {
             q.dequantize_row(r + k, &mut w[k * q.cols..(k + 1) * q.cols]);
         }
-        let w = Tensor::from_vec(w, (rows, q.cols), &Device::Cpu)?;
-        parts.push(x.matmul(&w.t()?)?);
+        f(r, Tensor::from_vec(w, (rows, q.cols), &Device::Cpu)?)?;
         r += rows;
     }
+    Ok(())
+}
+
+/// x·Wᵀ for a quantized W, a tile of rows at a time through candle's GEMM.
+fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(q.rows.div_ceil(TILE_ROWS));
+    for_each_tile(q, |_, w| {
+        parts.push(x.matmul(&w.t()?)?);
+        Ok(())
+    })?;
     Ok(Tensor::cat(&parts, 1)?)
 }
 
@@ -127,14 +143,6 @@ impl WeightMatrix for Weight {
 pub struct BaseParams {
     pub weight: Weight,
     pub bias: Option<Tensor>,
-}
-
-/// A norm module: RMSNorm (Llama) or LayerNorm (OPT).
-#[derive(Debug, Clone, Copy)]
-pub struct Norm {
-    pub id: usize,
-    pub eps: f64,
-    pub rms: bool,
 }
 
 /// The module table while and after building an architecture.
@@ -250,7 +258,7 @@ impl ModuleTable {
         dim: usize,
         bias: bool,
         eps: f64,
-        rms: bool,
+        kind: NormKind,
     ) -> Result<Norm> {
         let weight = Weight::Dense(w.tensor(&format!("{path}.weight"), &[dim])?);
         let bias = if bias {
@@ -267,73 +275,6 @@ impl ModuleTable {
             false,
             BaseParams { weight, bias },
         );
-        Ok(Norm { id, eps, rms })
+        Ok(Norm { id, eps, kind })
     }
-}
-
-/// Running the base modules through the registry.
-pub struct Ctx<'a> {
-    pub table: &'a ModuleTable,
-    pub reg: &'a AdapterRegistry,
-}
-
-impl Ctx<'_> {
-    pub fn linear(&self, id: usize, x: &Tensor) -> Result<Tensor> {
-        let p = &self.table.params[id];
-        Ok(self.reg.linear(id, x, &p.weight, p.bias.as_ref())?)
-    }
-
-    pub fn embedding(&self, id: usize, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.reg.embedding(id, ids, &self.table.params[id].weight)?)
-    }
-
-    /// A tied head uses the embedding's weight as the adapted model sees it: its own
-    /// modules_to_save copy first, else the embedding's (possibly overwritten) base weight.
-    pub fn tied_head(&self, head: usize, emb: usize, x: &Tensor) -> Result<Tensor> {
-        let w: &dyn WeightMatrix = match self.reg.param(head, false) {
-            Some(w) => w,
-            None => match self.reg.base_param(emb, false) {
-                Some(w) => w,
-                None => &self.table.params[emb].weight,
-            },
-        };
-        Ok(graft_core::adapter::linear_forward(
-            x,
-            w,
-            None,
-            &self.reg.active_layers(head),
-        )?)
-    }
-
-    pub fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
-        let p = &self.table.params[n.id];
-        let base_w = match &p.weight {
-            Weight::Dense(t) => t.clone(),
-            q => q.tensor()?,
-        };
-        let w = self.reg.param(n.id, false).unwrap_or(&base_w);
-        let b = self.reg.param(n.id, true).or(p.bias.as_ref());
-        let y = if n.rms {
-            let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_div(&(var + n.eps)?.sqrt()?)?
-        } else {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            xc.broadcast_div(&(var + n.eps)?.sqrt()?)?
-        };
-        let y = y.broadcast_mul(w)?;
-        Ok(match b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
-
-/// Softmax over the last dimension, computed stably.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
 }

@@ -13,7 +13,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-use super::{open, tokenizer_for, CliResult, ModelArgs};
+use super::model::{open, tokenizer_for, ModelArgs};
+use crate::CliResult;
 
 #[derive(Args)]
 pub struct TrainCmd {
@@ -441,7 +442,7 @@ pub fn bench_train(c: &BenchTrainCmd) -> CliResult<()> {
     let secs = t0.elapsed().as_secs_f64();
     let tokens = c.steps * c.batch_size * c.seq_len;
     let tps = tokens as f64 / secs.max(1e-9);
-    let peak = super::peak_rss().unwrap_or(0);
+    let peak = super::bench::peak_rss().unwrap_or(0);
     println!(
         "graft train bench: {} base, batch {}×{}, LoRA r={} on {}: {:.1} tokens/s ({:.2} s/step), peak RSS {:.0} MiB, losses {:?}",
         if c.f32 { "f32" } else { "quantized" },

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::base::Weight;
+use crate::table::Weight;
 use graft_core::tensors::{parse_safetensors, read_file, MAX_FILE_SIZE};
 use serde_json::Value;
 
@@ -21,19 +21,19 @@ const MAX_INDEX_SIZE: u64 = 64 << 20;
 /// The shard file names that a `model.safetensors.index.json` names (sorted, each once).
 fn shard_names(index: &[u8], label: &str) -> Result<BTreeSet<String>> {
     let v: Value = serde_json::from_slice(index)
-        .map_err(|e| Error::BadModelConfig(format!("{label}: {e}")))?;
+        .map_err(|e| Error::BadWeightFiles(format!("{label}: {e}")))?;
     let map = v
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| Error::BadModelConfig(format!("{label}: no `weight_map` object")))?;
+        .ok_or_else(|| Error::BadWeightFiles(format!("{label}: no `weight_map` object")))?;
     let mut shards = BTreeSet::new();
     for f in map.values() {
         let f = f
             .as_str()
-            .ok_or_else(|| Error::BadModelConfig("weight_map values must be file names".into()))?;
+            .ok_or_else(|| Error::BadWeightFiles("weight_map values must be file names".into()))?;
         // The index is input too: shard names must stay inside the folder.
         if f.contains('/') || f.contains('\\') || f.starts_with('.') || f.is_empty() {
-            return Err(Error::BadModelConfig(format!(
+            return Err(Error::BadWeightFiles(format!(
                 "shard name `{f}` is not a plain file name"
             )));
         }
@@ -94,7 +94,7 @@ impl WeightStore {
         let mut by_name: HashMap<String, Vec<u8>> = HashMap::with_capacity(files.len());
         for (name, bytes) in files {
             if by_name.contains_key(&name) {
-                return Err(Error::BadModelConfig(format!(
+                return Err(Error::BadWeightFiles(format!(
                     "weight file `{name}` was given twice"
                 )));
             }

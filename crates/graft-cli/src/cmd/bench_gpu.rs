@@ -1,4 +1,4 @@
-//! `graft bench --device gpu`: the GPU benchmark of issue 4. Prefill tokens/s; decode tokens/s
+//! `graft bench --device gpu`: the GPU benchmark. Prefill tokens/s; decode tokens/s
 //! at batch 1 with no adapter, LoRA r=8 on q,v, LoRA r=16 on every linear layer and IA3;
 //! dispatches and submits per token; quantized mat-vec bandwidth next to a copy kernel's.
 //! Timings are wall clock around submit and read-back, best of `runs`.
@@ -8,15 +8,22 @@ use std::time::Instant;
 
 use graft_gpu::kernels::{CopyParams, Fmt, Kernel, LinearParams, WeightDesc, TN_DECODE};
 use graft_gpu::ops::{Input, Ops};
-use graft_gpu::{Gpu, GpuModel, GpuModelOptions, GpuOptions};
-use graft_models::{Model, Sampling};
+use graft_gpu::{Gpu, GpuStats};
+use graft_models::{Device, DeviceOptions, Model};
 use serde_json::json;
 
-use crate::{CliResult, ModelArgs};
+use super::model::ModelArgs;
+use crate::CliResult;
+
+/// The model's GPU counters.
+fn stats(model: &Model) -> CliResult<GpuStats> {
+    model
+        .with_gpu(|g, _, _| g.stats)
+        .ok_or_else(|| "the model is not on a GPU".into())
+}
 
 /// (prefill tok/s, decode tok/s, dispatches per token, submits per token)
 fn measure(
-    gm: &mut GpuModel,
     model: &Model,
     prompt: &[u32],
     decode: usize,
@@ -25,18 +32,21 @@ fn measure(
     let (mut best_p, mut best_d) = (0f64, 0f64);
     let mut submits = 0f64;
     // warm-up: pipelines compiled, plans built
-    gm.generate(model, prompt, 2, &[], &Sampling::default(), |_| {})?;
+    model.generate(prompt, 2, &[], |_| {})?;
     for _ in 0..runs.max(1) {
-        gm.reset();
         let t0 = Instant::now();
-        gm.forward(model, prompt, true)?;
+        let prefill = model.with_gpu(|g, table, reg| {
+            g.reset();
+            g.forward(table, reg, prompt, true).map(|_| ())
+        });
+        prefill.ok_or("the model is not on a GPU")??;
         best_p = best_p.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
         let mut first = None;
-        let s0 = gm.stats;
-        let out = gm.generate(model, prompt, decode + 1, &[], &Sampling::default(), |_| {
+        let s0 = stats(model)?;
+        let out = model.generate(prompt, decode + 1, &[], |_| {
             first.get_or_insert_with(Instant::now);
         })?;
-        let s1 = gm.stats;
+        let s1 = stats(model)?;
         let n = out.len().saturating_sub(1);
         if let Some(f) = first {
             best_d = best_d.max(n as f64 / f.elapsed().as_secs_f64().max(1e-9));
@@ -45,7 +55,9 @@ fn measure(
         let prompt_submits = prompt.len().div_ceil(512) as u64;
         submits = (s1.submits - s0.submits).saturating_sub(prompt_submits) as f64 / n.max(1) as f64;
     }
-    let dispatches = gm.dispatches_per_token(model)?;
+    let dispatches = model
+        .with_gpu(|g, table, reg| g.dispatches_per_token(table, reg))
+        .ok_or("the model is not on a GPU")??;
     Ok((best_p, best_d, dispatches, submits))
 }
 
@@ -92,7 +104,6 @@ fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
             fmt: Fmt::Q4_1,
             tn: TN_DECODE,
         },
-        &[("WG", 256), ("RPW", 8)],
         bytemuck::bytes_of(&p),
         &[
             Input::F32(&x),
@@ -118,7 +129,6 @@ fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
     let groups = len4.div_ceil(256).min(65535);
     let t_cp = ops.time(
         Kernel::Copy,
-        &[("WG", 256)],
         bytemuck::bytes_of(&cp),
         &[Input::Buffer(&src), Input::Buffer(&dst)],
         (groups, 1, 1),
@@ -141,15 +151,18 @@ pub fn run(
     json_out: Option<&Path>,
     f16_weights: bool,
 ) -> CliResult<()> {
-    let gpu = Gpu::new_blocking(&GpuOptions::default())?;
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 7919) % 10000 + 100) as u32)
         .collect();
-    let opts = GpuModelOptions {
+    let opts = DeviceOptions {
         max_context: Some(args.max_context.unwrap_or(prompt_tokens + decode + 8)),
         f16_weights,
+        ..Default::default()
     };
-    let mut gm = GpuModel::new(&gpu, model, &opts)?;
+    model.set_device(Device::Gpu, &opts)?;
+    let (gpu, base_bytes) = model
+        .with_gpu(|g, _, _| (g.gpu().clone(), g.base_bytes()))
+        .ok_or("the model is not on a GPU")?;
     println!(
         "device: {} ({}, {}, driver {}); weights {}, {:.1} MiB on the GPU",
         gpu.info.name,
@@ -157,7 +170,7 @@ pub fn run(
         gpu.info.device_type,
         gpu.info.driver,
         if f16_weights { "f16" } else { "as stored" },
-        gm.base_bytes() as f64 / (1 << 20) as f64
+        base_bytes as f64 / (1 << 20) as f64
     );
     println!("| configuration | prefill tok/s ({prompt_tokens}) | decode tok/s | dispatches/token | submits/token |");
     println!("|---|---|---|---|---|");
@@ -203,7 +216,7 @@ pub fn run(
             }
             _ => {}
         }
-        let (p, d, disp, subs) = measure(&mut gm, model, &prompt, decode, runs)?;
+        let (p, d, disp, subs) = measure(model, &prompt, decode, runs)?;
         let overhead = match base_decode {
             Some(b) if label != "no adapter" => {
                 format!(" ({:+.1}% time/token)", (b / d - 1.0) * 100.0)
@@ -226,10 +239,10 @@ pub fn run(
         shape.1,
         mv / copy * 100.0
     );
-    println!(
-        "pipelines compiled: {} (switching adapters added none)",
-        gm.pipelines_compiled()
-    );
+    let compiled = model
+        .with_gpu(|g, _, _| g.pipelines_compiled())
+        .unwrap_or(0);
+    println!("pipelines compiled: {compiled} (switching adapters added none)");
     if let Some(j) = json_out {
         let v = json!({
             "engine": "graft-gpu", "device": gpu.info.name, "backend": gpu.info.backend,
@@ -247,8 +260,8 @@ pub fn run(
 /// as the head, f32 norms) with random weights: for benchmarking on a machine the 96 MB file
 /// cannot be copied to. Speed depends on shapes and formats, not on the values.
 pub fn synthetic_smollm2() -> Vec<u8> {
-    use graft_models::gguf::writer::{write, RawTensor};
-    use graft_models::gguf::Value;
+    use graft_arch::gguf::writer::{write, RawTensor};
+    use graft_arch::gguf::Value;
     let (vocab, h, inter, layers, heads, kv, hd) =
         (49152u64, 576u64, 1536u64, 30, 9u64, 3u64, 64u64);
     let mut seed = 0x2545f491u32;

@@ -1,0 +1,191 @@
+//! A forward pass of any [`Network`] on the CPU: 2-D `(tokens, features)` tensors, the base
+//! modules run through the adapter registry (PEFT's math, unmerged), attention and RoPE in
+//! plain Rust over the KV cache.
+
+use candle_core::{DType, Device, Tensor, D};
+use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Residual};
+use graft_arch::table::{ModuleTable, Weight};
+use graft_core::adapter::WeightMatrix;
+use graft_core::AdapterRegistry;
+
+use crate::attention::{rope_in_place, KvCache};
+use crate::error::{Error, Result};
+
+/// Running the base modules through the registry.
+pub struct Ctx<'a> {
+    pub table: &'a ModuleTable,
+    pub reg: &'a AdapterRegistry,
+}
+
+impl Ctx<'_> {
+    pub fn linear(&self, id: usize, x: &Tensor) -> Result<Tensor> {
+        let p = &self.table.params[id];
+        Ok(self.reg.linear(id, x, &p.weight, p.bias.as_ref())?)
+    }
+
+    pub fn embedding(&self, id: usize, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.reg.embedding(id, ids, &self.table.params[id].weight)?)
+    }
+
+    /// A tied head uses the embedding's weight as the adapted model sees it: its own
+    /// modules_to_save copy first, else the embedding's (possibly overwritten) base weight.
+    pub fn tied_head(&self, head: usize, emb: usize, x: &Tensor) -> Result<Tensor> {
+        let w: &dyn WeightMatrix = match self.reg.param(head, false) {
+            Some(w) => w,
+            None => match self.reg.base_param(emb, false) {
+                Some(w) => w,
+                None => &self.table.params[emb].weight,
+            },
+        };
+        Ok(graft_core::adapter::linear_forward(
+            x,
+            w,
+            None,
+            &self.reg.active_layers(head),
+        )?)
+    }
+
+    pub fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
+        let p = &self.table.params[n.id];
+        let base_w = match &p.weight {
+            Weight::Dense(t) => t.clone(),
+            q => q.dense()?,
+        };
+        let w = self.reg.param(n.id, false).unwrap_or(&base_w);
+        let b = self.reg.param(n.id, true).or(p.bias.as_ref());
+        let y = match n.kind {
+            NormKind::Rms => {
+                let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(var + n.eps)?.sqrt()?)?
+            }
+            NormKind::Layer => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + n.eps)?.sqrt()?)?
+            }
+        };
+        let y = y.broadcast_mul(w)?;
+        Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The head (tied or not) on the final hidden states.
+    pub fn head(&self, net: &Network, x: &Tensor) -> Result<Tensor> {
+        match net.head.tied_to {
+            Some(e) => self.tied_head(net.head.module, e, x),
+            None => self.linear(net.head.module, x),
+        }
+    }
+}
+
+/// An activation on the CPU.
+pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::Relu => x.relu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+    })
+}
+
+/// One forward pass over `ids` appended to `cache`; logits (n, vocab), or (1, vocab) of the
+/// last position with `last_only` (generation: the head never runs over the whole prompt).
+pub fn forward(
+    net: &Network,
+    ctx: &Ctx,
+    ids: &[u32],
+    cache: &mut KvCache,
+    last_only: bool,
+) -> Result<Tensor> {
+    let n = ids.len();
+    if n == 0 {
+        return Err(Error::Input("no tokens to run".into()));
+    }
+    let p0 = cache.len;
+    let dev = Device::Cpu;
+    let mut x = ctx.embedding(net.embed, &Tensor::from_vec(ids.to_vec(), n, &dev)?)?;
+    if let Some(pi) = net.project_in {
+        x = ctx.linear(pi, &x)?;
+    }
+    if let Some(pos) = net.positions {
+        let rows: Vec<u32> = (p0..p0 + n).map(|p| (p + pos.offset) as u32).collect();
+        let rows = Tensor::from_vec(rows, n, &dev)?.to_dtype(DType::U32)?;
+        x = (x + ctx.embedding(pos.module, &rows)?)?;
+    }
+    for (li, b) in net.blocks.iter().enumerate() {
+        let pre = b.residual == Residual::PreNorm;
+        let h = if pre {
+            ctx.norm(b.attn_norm, &x)?
+        } else {
+            x.clone()
+        };
+        x = (x + attention(net, ctx, &b.attn, li, &h, cache, p0)?)?;
+        if !pre {
+            x = ctx.norm(b.attn_norm, &x)?;
+        }
+        let h = if pre {
+            ctx.norm(b.mlp_norm, &x)?
+        } else {
+            x.clone()
+        };
+        let m = match b.mlp {
+            Mlp::Gated {
+                gate,
+                up,
+                down,
+                act,
+            } => {
+                let g = activate(act, &ctx.linear(gate, &h)?)?;
+                let u = ctx.linear(up, &h)?;
+                ctx.linear(down, &(g * u)?)?
+            }
+            Mlp::Plain { fc1, fc2, act } => {
+                ctx.linear(fc2, &activate(act, &ctx.linear(fc1, &h)?)?)?
+            }
+        };
+        x = (x + m)?;
+        if !pre {
+            x = ctx.norm(b.mlp_norm, &x)?;
+        }
+    }
+    cache.len += n;
+    if last_only {
+        x = x.narrow(0, n - 1, 1)?;
+    }
+    if let Some(f) = net.final_norm {
+        x = ctx.norm(f, &x)?;
+    }
+    if let Some(po) = net.project_out {
+        x = ctx.linear(po, &x)?;
+    }
+    ctx.head(net, &x)
+}
+
+/// Causal self-attention of block `li` on `h` (n, hidden): q/k/v, RoPE, the cache, o.
+fn attention(
+    net: &Network,
+    ctx: &Ctx,
+    a: &Attention,
+    li: usize,
+    h: &Tensor,
+    cache: &mut KvCache,
+    p0: usize,
+) -> Result<Tensor> {
+    let n = h.dim(0)?;
+    let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
+    let mut q = ctx.linear(a.q, h)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut k = ctx.linear(a.k, h)?.flatten_all()?.to_vec1::<f32>()?;
+    let v = ctx.linear(a.v, h)?.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(r) = a.rope {
+        let f = &net.ropes[r].inv_freq;
+        rope_in_place(&mut q, n, nh, hd, p0, f);
+        rope_in_place(&mut k, n, nkv, hd, p0, f);
+    }
+    let layer = cache.layer(li, nkv, hd);
+    layer.append(p0, n, &k, &v);
+    let out = layer.attend(&q, n, nh, p0 + n, a.scale, a.window);
+    let out = Tensor::from_vec(out, (n, nh * hd), &Device::Cpu)?;
+    ctx.linear(a.o, &out)
+}
