@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use graft_core::config::config_from_kwargs;
-use graft_core::tensors::{load_safetensors, LoadedTensor};
-use graft_core::Error as CoreError;
+use graft_adapters::config::config_from_kwargs;
+use graft_adapters::tensors::{load_safetensors, LoadedTensor};
+use graft_adapters::Error as CoreError;
 use graft_models::{Error as ModelError, LoadAdapterOptions, Model};
 use graft_tests::{assert_close, copy_dir, fixtures, max_abs_diff};
 use serde_json::{json, Map, Value};
@@ -132,7 +132,7 @@ fn active(m: &Model) -> Vec<String> {
 fn core_err(e: ModelError) -> CoreError {
     match e {
         ModelError::Core(c) => c,
-        other => panic!("expected a graft-core error, got {other:?}: {other}"),
+        other => panic!("expected a graft-adapters error, got {other:?}: {other}"),
     }
 }
 

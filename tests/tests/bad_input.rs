@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_adapters::tensors::{load_safetensors, serialize_safetensors, LoadedTensor};
+use graft_adapters::Error as CoreError;
 use graft_arch::Error as ArchError;
-use graft_core::tensors::{load_safetensors, serialize_safetensors, LoadedTensor};
-use graft_core::Error as CoreError;
 use graft_models::{Error as ModelError, LoadAdapterOptions, Model};
 use graft_tests::{copy_dir, fixtures};
 use safetensors::Dtype;
@@ -138,11 +138,11 @@ fn load(
     model: &mut Model,
     dir: &Path,
     opts: LoadAdapterOptions,
-) -> graft_models::Result<graft_core::LoadReport> {
+) -> graft_models::Result<graft_adapters::LoadReport> {
     model.load_adapter(dir, opts)
 }
 
-/// Loads `dir` onto a fresh llama and returns the graft-core error with its message.
+/// Loads `dir` onto a fresh llama and returns the graft-adapters error with its message.
 fn load_llama_err(dir: &Path) -> (CoreError, String) {
     let mut m = llama();
     let e = load(&mut m, dir, LoadAdapterOptions::default()).expect_err("loading must fail");
@@ -153,7 +153,7 @@ fn core(e: ModelError) -> (CoreError, String) {
     let msg = e.to_string();
     match e {
         ModelError::Core(c) => (c, msg),
-        other => panic!("expected a graft-core error, got {other:?}: {msg}"),
+        other => panic!("expected a graft-adapters error, got {other:?}: {msg}"),
     }
 }
 

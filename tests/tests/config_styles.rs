@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use graft_adapters::tensors::load_safetensors;
 use graft_arch::config::{Key, Rule};
-use graft_core::tensors::load_safetensors;
 use graft_models::{LoadAdapterOptions, Model, OpenOptions};
 use graft_tests::{assert_close, devices, fixtures, to_device};
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_models::Model;
 use graft_tests::{apply_run, assert_close, case_tokens, devices, fixtures, load_case, to_device};
 use serde_json::Value;

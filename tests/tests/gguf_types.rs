@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use graft_adapters::tensors::load_safetensors;
 use graft_arch::gguf::writer::{write, RawTensor};
 use graft_arch::gguf::Value;
-use graft_core::tensors::load_safetensors;
 use graft_models::{LoadAdapterOptions, Model};
 use graft_quant::{QMatrix, QType};
 use graft_tests::{assert_close, fixtures, max_abs_diff};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_hub::{Hub, HubOptions, Token};
 use graft_hub_server::HubServer;
 use graft_models::{LoadAdapterOptions, Model, OpenOptions};
@@ -74,7 +74,7 @@ fn case(
     name: &str,
 ) -> (
     Vec<u32>,
-    std::collections::BTreeMap<String, graft_core::tensors::LoadedTensor>,
+    std::collections::BTreeMap<String, graft_adapters::tensors::LoadedTensor>,
 ) {
     let dir = fixtures().join("cases").join(name);
     let c: serde_json::Value =

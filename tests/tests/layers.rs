@@ -16,7 +16,7 @@ use serde_json::Value;
 /// must be placed in the layers.
 fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     let below_models = vec![
-        "graft-core",
+        "graft-adapters",
         "graft-quant",
         "graft-text",
         "graft-arch",
@@ -29,14 +29,20 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     let mut faces = with_models.clone();
     faces.push("graft-train");
     BTreeMap::from([
-        ("graft-core", vec![]),
-        ("graft-quant", vec!["graft-core"]),
-        ("graft-text", vec!["graft-core"]),
+        ("graft-adapters", vec![]),
+        ("graft-quant", vec!["graft-adapters"]),
+        ("graft-text", vec!["graft-adapters"]),
         ("graft-hub", vec![]),
         ("graft-hub-server", vec![]),
-        ("graft-arch", vec!["graft-core", "graft-quant"]),
-        ("graft-cpu", vec!["graft-core", "graft-quant", "graft-arch"]),
-        ("graft-gpu", vec!["graft-core", "graft-quant", "graft-arch"]),
+        ("graft-arch", vec!["graft-adapters", "graft-quant"]),
+        (
+            "graft-cpu",
+            vec!["graft-adapters", "graft-quant", "graft-arch"],
+        ),
+        (
+            "graft-gpu",
+            vec!["graft-adapters", "graft-quant", "graft-arch"],
+        ),
         ("graft-models", below_models),
         ("graft-train", with_models),
         ("graft-cli", faces.clone()),

@@ -3,7 +3,7 @@
 //! bounded. The numbers are printed (`cargo test --test quantize -- --nocapture`) and recorded
 //! in docs/benchmarks.md.
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_models::{LoadAdapterOptions, Model, OpenOptions};
 use graft_quant::QType;
 use graft_tests::{fixtures, max_abs_diff};

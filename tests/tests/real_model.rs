@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_models::{LoadAdapterOptions, Model};
 use graft_tests::{assert_close, fixtures};
 use graft_text::{Message, Tokenizer};

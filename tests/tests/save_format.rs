@@ -1,6 +1,6 @@
 //! What graft's save_pretrained writes for "all-linear", compared with what PEFT wrote.
 
-use graft_core::config::config_from_kwargs;
+use graft_adapters::config::config_from_kwargs;
 use graft_models::Model;
 use graft_tests::fixtures;
 use serde_json::{json, Value};

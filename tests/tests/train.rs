@@ -172,10 +172,11 @@ fn check_case(name: &str) {
     let out = tempfile::tempdir().unwrap();
     tr.save_adapter(out.path()).unwrap();
     drop(tr);
-    let ours = graft_core::tensors::load_safetensors(&out.path().join("adapter_model.safetensors"))
-        .unwrap();
+    let ours =
+        graft_adapters::tensors::load_safetensors(&out.path().join("adapter_model.safetensors"))
+            .unwrap();
     let theirs =
-        graft_core::tensors::load_safetensors(&case.join("final/adapter_model.safetensors"))
+        graft_adapters::tensors::load_safetensors(&case.join("final/adapter_model.safetensors"))
             .unwrap();
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
@@ -340,4 +341,93 @@ fn accumulated_micro_batches_equal_one_batch() {
     // And the PEFT reference holds for the accumulated form too.
     let want = vec(&expected(&case)["loss"]);
     assert!(((l2 as f32 - want[0]) / want[0]).abs() < TOL);
+}
+
+/// The OPT fixture (post-LayerNorm, project_in/out, learned positions, ReLU MLP, tied head)
+/// with its config's `dropout` set to `p`, and a LoRA with random A and B on q, v and fc1.
+fn opt_with_lora(p: f64) -> (tempfile::TempDir, Model) {
+    let d = tempfile::tempdir().unwrap();
+    graft_tests::copy_dir(&fixtures().join("models/opt"), d.path());
+    let cfg_path = d.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["dropout"] = serde_json::json!(p);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut model = Model::open_base(d.path()).unwrap();
+    let lora = graft_adapters::config::config_from_kwargs(serde_json::json!({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4,
+        "target_modules": ["q_proj", "v_proj", "fc1"], "init_lora_weights": false
+    }))
+    .unwrap();
+    model.add_adapter(lora, Some("default"), 7).unwrap();
+    (d, model)
+}
+
+/// Training reads the same description as inference: on OPT its evaluation-mode logits equal
+/// the inference forward pass's, and its gradients equal finite differences of its loss. A
+/// training-mode dropout the trainer does not implement (OPT's `dropout`) is refused by name.
+#[test]
+fn opt_trains_from_the_same_description() {
+    let (_d, mut model) = opt_with_lora(0.1);
+    let e = Trainer::new(&mut model, "default", TrainArgs::default())
+        .err()
+        .expect("dropout 0.1 is refused")
+        .to_string();
+    assert!(e.contains("`dropout` = 0.1"), "{e}");
+
+    let (_d, mut model) = opt_with_lora(0.0);
+    let ids: Vec<u32> = vec![2, 5, 17, 42, 99, 3, 64, 7];
+    let want = model.logits(&ids).unwrap();
+    let data = vec![Example {
+        labels: ids.iter().map(|&t| t as i64).collect(),
+        ids: ids.clone(),
+        line: 1,
+    }];
+    let tr = Trainer::new(&mut model, "default", TrainArgs::default()).unwrap();
+    let batch = Batch::from_rows(&[(ids.as_slice(), data[0].labels.as_slice())], 0).unwrap();
+    let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
+    let got = tm.logits(&batch).unwrap();
+    let err = rel_err(&vec(&got), &vec(&want));
+    assert!(err < 1e-5, "training forward vs inference: {err}");
+    let (_, grads, _) = tr.gradients(&data, &[vec![0]]).unwrap();
+    let denom = batch.label_count();
+    let loss_now = || -> f64 {
+        let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
+        tm.loss(&batch, denom, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let mut checked = 0;
+    for (pi, p) in tr.adapter.params.iter().enumerate() {
+        let n = p.var.elem_count();
+        for &j in &[0, n - 1] {
+            let orig = vec(p.var.as_tensor());
+            // a small step: a wider one crosses the kinks of OPT's ReLU
+            let h = 1e-3f32;
+            let set = |v: Vec<f32>| {
+                p.var
+                    .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
+                    .unwrap()
+            };
+            let mut plus = orig.clone();
+            plus[j] += h;
+            set(plus);
+            let lp = loss_now();
+            let mut minus = orig.clone();
+            minus[j] -= h;
+            set(minus);
+            let lm = loss_now();
+            set(orig);
+            let fd = (lp - lm) / (2.0 * h as f64);
+            let g = grads[pi][j] as f64;
+            assert!(
+                (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
+                "{}[{j}] autograd {g} vs finite difference {fd}",
+                p.key
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "{checked}");
 }

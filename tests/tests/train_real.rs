@@ -4,7 +4,7 @@
 //! as intended — also for a question outside the data. Kept to a few steps: CI runs it in a
 //! debug build.
 
-use graft_core::config::config_from_kwargs;
+use graft_adapters::config::config_from_kwargs;
 use graft_models::Model;
 use graft_tests::fixtures;
 use graft_text::{Message, Tokenizer};

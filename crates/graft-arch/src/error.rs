@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
-    Core(#[from] graft_core::Error),
+    Core(#[from] graft_adapters::Error),
     /// A key is missing, has the wrong type or an impossible value.
     #[error("{0}")]
     BadConfig(Box<ConfigProblem>),

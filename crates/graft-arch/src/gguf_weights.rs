@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use graft_core::tensors::{read_file, MAX_FILE_SIZE};
+use graft_adapters::tensors::{read_file, MAX_FILE_SIZE};
 use graft_quant::{QData, QMatrix, QType};
 
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ impl GgufFile {
     pub fn from_bytes(bytes: Vec<u8>, label: &str) -> Result<Self> {
         let size = bytes.len() as u64;
         if size > MAX_FILE_SIZE {
-            return Err(graft_core::Error::FileTooLarge {
+            return Err(graft_adapters::Error::FileTooLarge {
                 path: label.into(),
                 size,
                 limit: MAX_FILE_SIZE,

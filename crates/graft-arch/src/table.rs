@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use graft_core::adapter::WeightMatrix;
-use graft_core::{ModuleInfo, ModuleInventory, ModuleKind};
+use graft_adapters::adapter::WeightMatrix;
+use graft_adapters::{ModuleInfo, ModuleInventory, ModuleKind};
 use graft_quant::{QMatrix, QType};
 
 use crate::error::Result;
@@ -71,7 +71,7 @@ pub fn for_each_tile(
 }
 
 /// x·Wᵀ for a quantized W, a tile of rows at a time through candle's GEMM.
-fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_core::Result<Tensor> {
+fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_adapters::Result<Tensor> {
     let mut parts = Vec::with_capacity(q.rows.div_ceil(TILE_ROWS));
     for_each_tile(q, |_, w| {
         parts.push(x.matmul(&w.t()?)?);
@@ -80,12 +80,12 @@ fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_core::Result<Tensor> {
     Ok(Tensor::cat(&parts, 1)?)
 }
 
-fn qerr(e: graft_quant::Error) -> graft_core::Error {
-    graft_core::Error::Weight(e.to_string())
+fn qerr(e: graft_quant::Error) -> graft_adapters::Error {
+    graft_adapters::Error::Weight(e.to_string())
 }
 
 impl WeightMatrix for Weight {
-    fn matmul_t(&self, x: &Tensor) -> graft_core::Result<Tensor> {
+    fn matmul_t(&self, x: &Tensor) -> graft_adapters::Result<Tensor> {
         match self {
             Weight::Dense(w) => w.matmul_t(x),
             Weight::Quant(q) => {
@@ -105,7 +105,7 @@ impl WeightMatrix for Weight {
         }
     }
 
-    fn rows(&self, ids: &Tensor) -> graft_core::Result<Tensor> {
+    fn rows(&self, ids: &Tensor) -> graft_adapters::Result<Tensor> {
         match self {
             Weight::Dense(w) => w.rows(ids),
             Weight::Quant(q) => {
@@ -114,7 +114,7 @@ impl WeightMatrix for Weight {
                 for (i, &id) in ids.iter().enumerate() {
                     let r = id as usize;
                     if r >= q.rows {
-                        return Err(graft_core::Error::Weight(format!(
+                        return Err(graft_adapters::Error::Weight(format!(
                             "row {r} out of {}",
                             q.rows
                         )));
@@ -126,7 +126,7 @@ impl WeightMatrix for Weight {
         }
     }
 
-    fn dense(&self) -> graft_core::Result<Tensor> {
+    fn dense(&self) -> graft_adapters::Result<Tensor> {
         match self {
             Weight::Dense(w) => Ok(w.clone()),
             Weight::Quant(q) => Ok(Tensor::from_vec(

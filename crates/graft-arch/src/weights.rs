@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::table::Weight;
-use graft_core::tensors::{parse_safetensors, read_file, MAX_FILE_SIZE};
+use graft_adapters::tensors::{parse_safetensors, read_file, MAX_FILE_SIZE};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -187,7 +187,7 @@ impl WeightStore {
 /// The same bound a file read from disk gets (`read_file`'s limit), for bytes handed over.
 fn check_size(name: &str, len: usize, limit: u64) -> Result<()> {
     if len as u64 > limit {
-        return Err(graft_core::Error::FileTooLarge {
+        return Err(graft_adapters::Error::FileTooLarge {
             path: name.into(),
             size: len as u64,
             limit,

@@ -92,9 +92,9 @@ fn one(e: &(dyn StdError + 'static)) -> Option<String> {
             _ => None,
         };
     }
-    if let Some(e) = e.downcast_ref::<graft_core::Error>() {
+    if let Some(e) = e.downcast_ref::<graft_adapters::Error>() {
         return match e {
-            graft_core::Error::AdapterMismatch { .. } => {
+            graft_adapters::Error::AdapterMismatch { .. } => {
                 Some("--allow-partial loads what fits, with warnings".into())
             }
             _ => None,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_tests::{assert_close, fixtures};
 
 fn repo_root() -> PathBuf {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use graft_core::tensors::load_safetensors;
+use graft_adapters::tensors::load_safetensors;
 use graft_hub_server::{Fault, FaultKind, HubServer, Origin};
 use graft_tests::{assert_close, fixtures, real_model};
 

@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
-    Core(#[from] graft_core::Error),
+    Core(#[from] graft_adapters::Error),
     /// The input cannot run (no tokens, an id outside the vocabulary).
     #[error("{0}")]
     Input(String),

@@ -3,10 +3,10 @@
 //! plain Rust over the KV cache.
 
 use candle_core::{DType, Device, Tensor, D};
+use graft_adapters::adapter::WeightMatrix;
+use graft_adapters::AdapterRegistry;
 use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Residual};
 use graft_arch::table::{ModuleTable, Weight};
-use graft_core::adapter::WeightMatrix;
-use graft_core::AdapterRegistry;
 
 use crate::attention::{rope_in_place, KvCache};
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ impl Ctx<'_> {
                 None => &self.table.params[emb].weight,
             },
         };
-        Ok(graft_core::adapter::linear_forward(
+        Ok(graft_adapters::adapter::linear_forward(
             x,
             w,
             None,

@@ -32,7 +32,7 @@ pub enum Error {
     #[error(transparent)]
     Arch(#[from] graft_arch::Error),
     #[error(transparent)]
-    Core(#[from] graft_core::Error),
+    Core(#[from] graft_adapters::Error),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

@@ -10,13 +10,13 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
 
-const COMMON: &str = include_str!("../../../shaders/common.wgsl");
-const LINEAR: &str = include_str!("../../../shaders/linear.wgsl");
-const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
-const NORM: &str = include_str!("../../../shaders/norm.wgsl");
-const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
-const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
-const COPY: &str = include_str!("../../../shaders/copy.wgsl");
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const LINEAR: &str = include_str!("../shaders/linear.wgsl");
+const EMBED: &str = include_str!("../shaders/embed.wgsl");
+const NORM: &str = include_str!("../shaders/norm.wgsl");
+const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
+const COPY: &str = include_str!("../shaders/copy.wgsl");
 
 /// A weight layout on the GPU (see `shaders/formats/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,14 +45,14 @@ impl Fmt {
 
     fn decoder(self) -> &'static str {
         match self {
-            Fmt::F32 => include_str!("../../../shaders/formats/f32.wgsl"),
-            Fmt::F16 => include_str!("../../../shaders/formats/f16.wgsl"),
-            Fmt::Bf16 => include_str!("../../../shaders/formats/bf16.wgsl"),
-            Fmt::Q8_0 => include_str!("../../../shaders/formats/q8_0.wgsl"),
-            Fmt::Q4_0 => include_str!("../../../shaders/formats/q4_0.wgsl"),
-            Fmt::Q4_1 => include_str!("../../../shaders/formats/q4_1.wgsl"),
-            Fmt::Int8 => include_str!("../../../shaders/formats/int8.wgsl"),
-            Fmt::Nf4 => include_str!("../../../shaders/formats/nf4.wgsl"),
+            Fmt::F32 => include_str!("../shaders/formats/f32.wgsl"),
+            Fmt::F16 => include_str!("../shaders/formats/f16.wgsl"),
+            Fmt::Bf16 => include_str!("../shaders/formats/bf16.wgsl"),
+            Fmt::Q8_0 => include_str!("../shaders/formats/q8_0.wgsl"),
+            Fmt::Q4_0 => include_str!("../shaders/formats/q4_0.wgsl"),
+            Fmt::Q4_1 => include_str!("../shaders/formats/q4_1.wgsl"),
+            Fmt::Int8 => include_str!("../shaders/formats/int8.wgsl"),
+            Fmt::Nf4 => include_str!("../shaders/formats/nf4.wgsl"),
         }
     }
 }

@@ -200,7 +200,7 @@ impl Model {
         f: impl FnOnce(
             &mut graft_gpu::GpuModel,
             &graft_arch::ModuleTable,
-            &graft_core::AdapterRegistry,
+            &graft_adapters::AdapterRegistry,
         ) -> R,
     ) -> Option<R> {
         match &self.backend {

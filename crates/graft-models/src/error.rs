@@ -6,7 +6,7 @@
 pub enum Error {
     /// Adapter files, matching and the registry (also when a lower layer raised them).
     #[error(transparent)]
-    Core(graft_core::Error),
+    Core(graft_adapters::Error),
     /// The model's configuration, description or weights.
     #[error(transparent)]
     Arch(graft_arch::Error),
@@ -33,8 +33,8 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
-impl From<graft_core::Error> for Error {
-    fn from(e: graft_core::Error) -> Self {
+impl From<graft_adapters::Error> for Error {
+    fn from(e: graft_adapters::Error) -> Self {
         Error::Core(e)
     }
 }

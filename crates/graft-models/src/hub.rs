@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use graft_core::files::{is_adapter_dir, read_adapter_config};
-use graft_core::LoadReport;
+use graft_adapters::files::{is_adapter_dir, read_adapter_config};
+use graft_adapters::LoadReport;
 pub use graft_hub::{Hub, HubOptions, Repo, RepoType};
 
 use crate::error::{Error, Result};

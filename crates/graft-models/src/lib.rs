@@ -1,6 +1,6 @@
 //! graft-models: the model users hold. A base (Hugging Face safetensors or GGUF, from disk,
 //! bytes or the Hub) described by `graft-arch`, PEFT adapters loaded, switched and saved through
-//! `graft-core`'s registry with transformers' `PeftAdapterMixin` calls, and the device it runs
+//! `graft-adapters`'s registry with transformers' `PeftAdapterMixin` calls, and the device it runs
 //! on: `graft-cpu`, or `graft-gpu` behind the `gpu` feature.
 
 // Library code returns typed errors; only tests may unwrap.

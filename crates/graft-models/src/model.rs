@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_adapters::adapter::WeightMatrix;
+use graft_adapters::config::AdapterConfig;
+use graft_adapters::files::{is_adapter_dir, parse_adapter, read_adapter_config, read_adapter_dir};
+use graft_adapters::inject::{build_adapter, InjectOptions, LoadReport};
+use graft_adapters::tensors::{read_file, LoadedTensor, MAX_FILE_SIZE};
+use graft_adapters::AdapterRegistry;
 use graft_arch::gguf_weights::GgufFile;
 use graft_arch::table::{ModuleTable, Weight};
 use graft_arch::{Network, Understood, WeightStore};
-use graft_core::adapter::WeightMatrix;
-use graft_core::config::AdapterConfig;
-use graft_core::files::{is_adapter_dir, parse_adapter, read_adapter_config, read_adapter_dir};
-use graft_core::inject::{build_adapter, InjectOptions, LoadReport};
-use graft_core::tensors::{read_file, LoadedTensor, MAX_FILE_SIZE};
-use graft_core::AdapterRegistry;
 use serde_json::Value;
 
 use crate::device::Backend;
@@ -109,7 +109,7 @@ fn read_json(path: &Path) -> Result<Value> {
 fn parse_json(bytes: &[u8], label: &str) -> Result<Value> {
     let size = bytes.len() as u64;
     if size > MAX_CONFIG_SIZE {
-        return Err(graft_core::Error::FileTooLarge {
+        return Err(graft_adapters::Error::FileTooLarge {
             path: label.into(),
             size,
             limit: MAX_CONFIG_SIZE,
@@ -324,7 +324,7 @@ impl Model {
 
     /// `load_adapter` from the bytes of `adapter_config.json` and `adapter_model.safetensors`,
     /// validated exactly as the files of an adapter folder are
-    /// ([`graft_core::files::parse_adapter`]). `opts.subfolder` does not apply (there is no
+    /// ([`graft_adapters::files::parse_adapter`]). `opts.subfolder` does not apply (there is no
     /// folder) and is refused when set.
     pub fn load_adapter_from_bytes(
         &mut self,
@@ -353,7 +353,7 @@ impl Model {
             .clone()
             .unwrap_or_else(|| "default".into());
         if self.registry.get(&name).is_some() {
-            return Err(graft_core::Error::AdapterExists(name).into());
+            return Err(graft_adapters::Error::AdapterExists(name).into());
         }
         config.set_field("inference_mode", Value::Bool(!opts.is_trainable));
         let mut warnings = Vec::new();
@@ -367,7 +367,7 @@ impl Model {
         }
         let table = &self.table;
         let base_weight =
-            |i: usize| -> graft_core::Result<Tensor> { table.params[i].weight.dense() };
+            |i: usize| -> graft_adapters::Result<Tensor> { table.params[i].weight.dense() };
         let inject = InjectOptions {
             allow_partial: opts.allow_partial,
         };
@@ -395,14 +395,14 @@ impl Model {
     ) -> Result<LoadReport> {
         let name = adapter_name.unwrap_or("default").to_string();
         if self.registry.get(&name).is_some() {
-            return Err(graft_core::Error::AdapterExists(name).into());
+            return Err(graft_adapters::Error::AdapterExists(name).into());
         }
         config.set_field(
             "base_model_name_or_path",
             Value::String(self.name_or_path.clone()),
         );
         let table = &self.table;
-        let base_param = |i: usize, p: &str| -> graft_core::Result<Option<Tensor>> {
+        let base_param = |i: usize, p: &str| -> graft_adapters::Result<Option<Tensor>> {
             let bp = &table.params[i];
             Ok(if p == "weight" {
                 Some(bp.weight.dense()?)
@@ -410,9 +410,10 @@ impl Model {
                 bp.bias.clone()
             })
         };
-        let state = graft_core::init::fresh_state(&config, &table.inventory, &base_param, seed)?;
+        let state =
+            graft_adapters::init::fresh_state(&config, &table.inventory, &base_param, seed)?;
         let base_weight =
-            |i: usize| -> graft_core::Result<Tensor> { table.params[i].weight.dense() };
+            |i: usize| -> graft_adapters::Result<Tensor> { table.params[i].weight.dense() };
         let adapter = build_adapter(
             &name,
             config,

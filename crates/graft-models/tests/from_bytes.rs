@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use graft_adapters::Error as CoreError;
 use graft_arch::Error as ArchError;
-use graft_core::Error as CoreError;
 use graft_models::{Error, LoadAdapterOptions, Model, OpenOptions, Threading};
 
 fn root() -> PathBuf {

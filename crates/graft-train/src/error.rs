@@ -39,7 +39,7 @@ pub enum Error {
     #[error(transparent)]
     Model(Box<graft_models::Error>),
     #[error(transparent)]
-    Core(#[from] graft_core::Error),
+    Core(#[from] graft_adapters::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -63,7 +63,7 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = l.shape().dims2()?;
         let x = Tensor::from_slice(slice_of(s, l)?, (n, k), &Device::Cpu)?;
-        let y = graft_core::adapter::WeightMatrix::matmul_t(&self.w, &x)
+        let y = graft_adapters::adapter::WeightMatrix::matmul_t(&self.w, &x)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let out = self.out_features();
         let v = y.flatten_all()?.to_vec1::<f32>()?;
@@ -300,7 +300,7 @@ impl<'a> TrainModel<'a> {
     }
 
     fn dense(&self, id: usize) -> Result<Tensor> {
-        Ok(graft_core::adapter::WeightMatrix::dense(
+        Ok(graft_adapters::adapter::WeightMatrix::dense(
             &self.table.params[id].weight,
         )?)
     }
@@ -348,7 +348,9 @@ impl<'a> TrainModel<'a> {
     fn embedding(&self, id: usize, ids: &Tensor) -> Result<Tensor> {
         Ok(match self.adapter.saved.get(&id) {
             Some(s) => s.weight.as_tensor().index_select(ids, 0)?,
-            None => graft_core::adapter::WeightMatrix::rows(&self.table.params[id].weight, ids)?,
+            None => {
+                graft_adapters::adapter::WeightMatrix::rows(&self.table.params[id].weight, ids)?
+            }
         })
     }
 

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor, Var};
-use graft_core::adapter::ModuleAdapter;
-use graft_core::config::{AdapterConfig, PeftType};
-use graft_core::tensors::LoadedTensor;
+use graft_adapters::adapter::ModuleAdapter;
+use graft_adapters::config::{AdapterConfig, PeftType};
+use graft_adapters::tensors::LoadedTensor;
 use graft_models::{LoadAdapterOptions, Model};
 
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use graft_core::tensors::{parse_safetensors, serialize_safetensors, LoadedTensor};
+use graft_adapters::tensors::{parse_safetensors, serialize_safetensors, LoadedTensor};
 use graft_models::Model;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -388,18 +388,18 @@ impl<'m> Trainer<'m> {
             msg,
         };
         let state_path = dir.join("trainer_state.json");
-        let bytes = graft_core::tensors::read_file(&state_path, 64 << 20)?;
+        let bytes = graft_adapters::tensors::read_file(&state_path, 64 << 20)?;
         let state: TrainerState =
             serde_json::from_slice(&bytes).map_err(|e| ck(format!("trainer_state.json: {e}")))?;
         let weights =
-            graft_core::tensors::load_safetensors(&dir.join("adapter_model.safetensors"))?;
+            graft_adapters::tensors::load_safetensors(&dir.join("adapter_model.safetensors"))?;
         let weights: BTreeMap<String, LoadedTensor> = weights
             .into_iter()
-            .map(|(k, v)| (graft_core::inject::strip_prefix(&k).to_string(), v))
+            .map(|(k, v)| (graft_adapters::inject::strip_prefix(&k).to_string(), v))
             .collect();
         self.adapter.set_values(&weights)?;
         let opt_bytes =
-            graft_core::tensors::read_file(&dir.join("optimizer.safetensors"), 16 << 30)?;
+            graft_adapters::tensors::read_file(&dir.join("optimizer.safetensors"), 16 << 30)?;
         let opt = parse_safetensors("optimizer.safetensors", &opt_bytes)?;
         for (i, p) in self.adapter.params.iter().enumerate() {
             for (tag, slot) in [("exp_avg", 0), ("exp_avg_sq", 1)] {

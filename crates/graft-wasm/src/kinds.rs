@@ -34,7 +34,7 @@ pub fn arch_error_kind(e: &graft_arch::Error) -> &'static str {
 }
 
 /// The kind of an adapter-level error (formats, matching, registry).
-pub fn core_error_kind(_e: &graft_core::Error) -> &'static str {
+pub fn core_error_kind(_e: &graft_adapters::Error) -> &'static str {
     "AdapterError"
 }
 

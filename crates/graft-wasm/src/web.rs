@@ -56,7 +56,7 @@ impl<T> IntoJs<T> for graft_text::Result<T> {
     }
 }
 
-impl<T> IntoJs<T> for graft_core::Result<T> {
+impl<T> IntoJs<T> for graft_adapters::Result<T> {
     fn js(self) -> Result<T, JsValue> {
         self.map_err(|e| js_error("AdapterError", &e.to_string()))
     }
@@ -427,7 +427,7 @@ impl GraftModel {
         adapter_name: String,
         seed: Option<f64>,
     ) -> Result<(), JsValue> {
-        let cfg = graft_core::config::config_from_kwargs(to_json(&config)?).js()?;
+        let cfg = graft_adapters::config::config_from_kwargs(to_json(&config)?).js()?;
         let mut g = self.inner.try_borrow_mut().map_err(|_| busy())?;
         g.add_adapter(cfg, Some(&adapter_name), seed.unwrap_or(0.0) as u64)
             .js()?;

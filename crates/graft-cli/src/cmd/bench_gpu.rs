@@ -206,7 +206,7 @@ pub fn run(
             ("no adapter", _) if user_adapters => model.disable_adapters()?,
             (_, Some(cfg)) => {
                 let name = format!("bench{i}");
-                let cfg = graft_core::config::config_from_kwargs(cfg)?;
+                let cfg = graft_adapters::config::config_from_kwargs(cfg)?;
                 if let Err(e) = model.add_adapter(cfg, Some(&name), 0) {
                     println!("| {label} | (not run: {e}) | | | |");
                     continue;

@@ -1,7 +1,7 @@
 //! `graft inspect`: a model's configuration as graft understood it, and an adapter's load
 //! report.
 
-use graft_core::files::read_adapter_dir;
+use graft_adapters::files::read_adapter_dir;
 use graft_models::{LoadAdapterOptions, Model};
 
 use super::model::HubArgs;

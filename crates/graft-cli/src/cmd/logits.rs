@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::DType;
-use graft_core::tensors::{serialize_safetensors, LoadedTensor};
+use graft_adapters::tensors::{serialize_safetensors, LoadedTensor};
 
 use super::model::{open, to_device, ModelArgs};
 use crate::CliResult;

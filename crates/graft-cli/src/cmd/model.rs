@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use graft_core::files::read_adapter_dir;
+use graft_adapters::files::read_adapter_dir;
 use graft_hub::{Hub, HubOptions, Token};
 use graft_models::model::{default_model_path, DEFAULT_MODEL_ID};
 use graft_models::{Device, DeviceOptions, LoadAdapterOptions, Model, OpenOptions};
@@ -96,7 +96,7 @@ pub fn parse_adapter_arg(s: &str) -> (String, String) {
     }
 }
 
-pub fn print_warnings(label: &str, report: &graft_core::LoadReport) {
+pub fn print_warnings(label: &str, report: &graft_adapters::LoadReport) {
     for w in &report.warnings {
         eprintln!("warning ({label}): {w}");
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use graft_core::config::config_from_kwargs;
+use graft_adapters::config::config_from_kwargs;
 use graft_train::data::{load_jsonl, DataOptions, Example};
 use graft_train::optim::{AdamWConfig, Schedule};
 use graft_train::{Event, Output, TrainArgs, Trainer};
@@ -102,7 +102,7 @@ pub struct TrainCmd {
     pub quiet: bool,
 }
 
-fn adapter_config(c: &TrainCmd) -> CliResult<graft_core::config::AdapterConfig> {
+fn adapter_config(c: &TrainCmd) -> CliResult<graft_adapters::config::AdapterConfig> {
     let list = |v: &Option<Vec<String>>| -> Value {
         match v {
             None => Value::Null,

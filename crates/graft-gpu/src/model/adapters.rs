@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
+use graft_adapters::adapter::ModuleAdapter;
+use graft_adapters::AdapterRegistry;
 use graft_arch::table::ModuleTable;
-use graft_core::adapter::ModuleAdapter;
-use graft_core::AdapterRegistry;
 
 use super::{u32_of, vec_f32, EmbedState, GpuModel, GroupState};
 use crate::error::{Error, Result};

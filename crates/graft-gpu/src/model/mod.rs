@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use graft_adapters::AdapterRegistry;
 use graft_arch::network::{Network, Norm};
 use graft_arch::table::{ModuleTable, Weight};
-use graft_core::AdapterRegistry;
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};

@@ -2,8 +2,8 @@
 //! next token chosen on the GPU, step k+1 submitted before step k's id is read back.
 
 use candle_core::Tensor;
+use graft_adapters::AdapterRegistry;
 use graft_arch::table::ModuleTable;
-use graft_core::AdapterRegistry;
 
 use super::plan::{Pick, PlanKey};
 use super::{u32_of, GpuModel, B};

@@ -1,4 +1,4 @@
-//! graft-core: PEFT adapter files, module matching, adapter math and the adapter registry.
+//! graft-adapters: PEFT adapter files, module matching, adapter math and the adapter registry.
 //!
 //! No GPU here: this crate is the CPU reference that every other layer is checked against.
 

@@ -1,4 +1,4 @@
-//! The one error type of `graft-core`.
+//! The one error type of `graft-adapters`.
 
 use std::path::PathBuf;
 
