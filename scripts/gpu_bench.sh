@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 4 with its PyTorch + PEFT baseline, in one call, on a machine with an
+# The GPU benchmark with its PyTorch + PEFT baseline, in one call, on a machine with an
 # NVIDIA GPU but no Rust toolchain, no Vulkan loader and no internet (the project's lent H100).
 #
 #   scripts/gpu_bench.sh prepare   # here: fetch Debian's Vulkan loader, build graft, copy the baseline

@@ -12,6 +12,8 @@ export declare const env: {
 export interface GraftError extends Error {
   name: "GraftError";
   kind: string;
+  /** What to change in the call's options, where there is such a fix (also in `message`). */
+  hint?: string;
 }
 
 export interface ProgressInfo {

@@ -27,7 +27,7 @@ use graft_cpu::{Ctx, KvCache};
 pub struct LoadAdapterOptions {
     /// `adapter_name` (default `"default"`).
     pub adapter_name: Option<String>,
-    /// `is_trainable`: recorded as `inference_mode: false` (training arrives with its own issue).
+    /// `is_trainable`: recorded as `inference_mode: false`.
     pub is_trainable: bool,
     /// A subfolder of the adapter folder.
     pub subfolder: Option<String>,
