@@ -154,26 +154,6 @@ pub struct Network {
 }
 
 impl Network {
-    /// Every norm of the network, in order of use.
-    pub fn norms(&self) -> Vec<Norm> {
-        let mut v = Vec::new();
-        for b in &self.blocks {
-            v.push(b.attn_norm);
-            v.push(b.mlp_norm);
-        }
-        v.extend(self.final_norm);
-        v
-    }
-
-    /// The widest attention (heads·head_dim over queries, keys and values) of any block.
-    pub fn max_head_dim(&self) -> usize {
-        self.blocks
-            .iter()
-            .map(|b| b.attn.head_dim)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Bytes of f32 keys and values per cached position, over every layer.
     pub fn kv_bytes_per_position(&self) -> u64 {
         self.blocks

@@ -55,7 +55,7 @@ fn one(e: &(dyn StdError + 'static)) -> Option<String> {
             E::BaseModel(m) if m.contains("quantizing while loading") => {
                 Some("--quantize is for safetensors models; drop it for a GGUF file".into())
             }
-            E::TooLong { .. } => Some("shorten the prompt or --max-new-tokens".into()),
+            E::TooLong { .. } => Some("use a shorter prompt".into()),
             E::NoGpu(_) => Some("run with --device cpu or --device auto".into()),
             _ => None,
         };
