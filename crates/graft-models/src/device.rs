@@ -174,9 +174,15 @@ impl Model {
             } else {
                 ""
             };
+            // browsers may not name their adapter
+            let named = if gpu.info.name.is_empty() {
+                "an unnamed adapter"
+            } else {
+                gpu.info.name.as_str()
+            };
             Ok(DeviceReport {
                 device: Device::Gpu,
-                name: format!("{} ({}{soft})", gpu.info.name, gpu.info.backend),
+                name: format!("{named} ({}{soft})", gpu.info.backend),
                 reason: None,
                 detail: None,
             })
