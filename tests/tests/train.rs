@@ -263,6 +263,56 @@ fn one_step_modules_to_save_on_a_tied_head_equals_peft() {
     check_case("modules_to_save_tied");
 }
 
+/// Central finite differences of the loss of `batch` (step `h`) at `coords(n)` of every
+/// trainable tensor of n elements, against the gradients autograd gave; returns how many
+/// coordinates were checked.
+fn check_finite_differences(
+    label: &str,
+    tr: &Trainer,
+    batch: &Batch,
+    grads: &[Vec<f32>],
+    h: f32,
+    coords: impl Fn(usize) -> Vec<usize>,
+) -> usize {
+    let denom = batch.label_count();
+    let loss_now = || -> f64 {
+        let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
+        tm.loss(batch, denom, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let mut checked = 0;
+    for (pi, p) in tr.adapter.params.iter().enumerate() {
+        for j in coords(p.var.elem_count()) {
+            let orig = vec(p.var.as_tensor());
+            let set = |v: Vec<f32>| {
+                p.var
+                    .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
+                    .unwrap()
+            };
+            let mut plus = orig.clone();
+            plus[j] += h;
+            set(plus);
+            let lp = loss_now();
+            let mut minus = orig.clone();
+            minus[j] -= h;
+            set(minus);
+            let lm = loss_now();
+            set(orig);
+            let fd = (lp - lm) / (2.0 * h as f64);
+            let g = grads[pi][j] as f64;
+            assert!(
+                (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
+                "{label}: {}[{j}] autograd {g} vs finite difference {fd}",
+                p.key
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
 /// Central finite differences of the loss against autograd, for every kind of trainable
 /// tensor (a few coordinates each).
 #[test]
@@ -278,45 +328,8 @@ fn gradients_match_finite_differences() {
             .map(|e| (e.ids.as_slice(), e.labels.as_slice()))
             .collect();
         let batch = Batch::from_rows(&rows, 0).unwrap();
-        let denom = batch.label_count();
-        let loss_now = || -> f64 {
-            let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
-            tm.loss(&batch, denom, None)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64
-        };
-        let mut checked = 0;
-        for (pi, p) in tr.adapter.params.iter().enumerate() {
-            let n = p.var.elem_count();
-            for &j in &[0, n / 2, n - 1] {
-                let orig = vec(p.var.as_tensor());
-                let h = 1e-2f32;
-                let mut plus = orig.clone();
-                plus[j] += h;
-                p.var
-                    .set(&Tensor::from_vec(plus, p.var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let lp = loss_now();
-                let mut minus = orig.clone();
-                minus[j] -= h;
-                p.var
-                    .set(&Tensor::from_vec(minus, p.var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let lm = loss_now();
-                p.var
-                    .set(&Tensor::from_vec(orig, p.var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let fd = (lp - lm) / (2.0 * h as f64);
-                let g = grads[pi][j] as f64;
-                assert!(
-                    (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
-                    "{name}: {}[{j}] autograd {g} vs finite difference {fd}",
-                    p.key
-                );
-                checked += 1;
-            }
-        }
+        let checked =
+            check_finite_differences(name, &tr, &batch, &grads, 1e-2, |n| vec![0, n / 2, n - 1]);
         assert!(checked >= 9, "{name}");
     }
 }
@@ -390,44 +403,7 @@ fn opt_trains_from_the_same_description() {
     let err = rel_err(&vec(&got), &vec(&want));
     assert!(err < 1e-5, "training forward vs inference: {err}");
     let (_, grads, _) = tr.gradients(&data, &[vec![0]]).unwrap();
-    let denom = batch.label_count();
-    let loss_now = || -> f64 {
-        let tm = TrainModel::new(&*tr.model, &tr.adapter).unwrap();
-        tm.loss(&batch, denom, None)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64
-    };
-    let mut checked = 0;
-    for (pi, p) in tr.adapter.params.iter().enumerate() {
-        let n = p.var.elem_count();
-        for &j in &[0, n - 1] {
-            let orig = vec(p.var.as_tensor());
-            // a small step: a wider one crosses the kinks of OPT's ReLU
-            let h = 1e-3f32;
-            let set = |v: Vec<f32>| {
-                p.var
-                    .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
-                    .unwrap()
-            };
-            let mut plus = orig.clone();
-            plus[j] += h;
-            set(plus);
-            let lp = loss_now();
-            let mut minus = orig.clone();
-            minus[j] -= h;
-            set(minus);
-            let lm = loss_now();
-            set(orig);
-            let fd = (lp - lm) / (2.0 * h as f64);
-            let g = grads[pi][j] as f64;
-            assert!(
-                (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
-                "{}[{j}] autograd {g} vs finite difference {fd}",
-                p.key
-            );
-            checked += 1;
-        }
-    }
+    // a small step: a wider one crosses the kinks of OPT's ReLU
+    let checked = check_finite_differences("opt", &tr, &batch, &grads, 1e-3, |n| vec![0, n - 1]);
     assert!(checked >= 12, "{checked}");
 }
