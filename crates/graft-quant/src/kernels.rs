@@ -6,6 +6,9 @@
 //! decoded and dotted in one pass; for more tokens a row is decoded once into a small buffer and
 //! reused for every token. Rows are split across threads (rayon), and on x86-64 the same code is
 //! compiled a second time with AVX2+FMA and picked at run time, so the binary stays portable.
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q4_K and Q6_K (the formats of Q4_0/Q4_1/Q8_0 and Q4_K_M files) have
+//! hand-written AVX2 row dots; the other block formats decode a block at a time into a buffer on
+//! the stack and dot it (the portable path of every format, and the only one on wasm32).
 
 use rayon::prelude::*;
 
@@ -58,10 +61,8 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// One row of a block format dotted with one token, decoding in registers: 32 lanes of
 /// accumulators across the whole row (one horizontal sum per row). `xsum` holds the per-block
-/// sums of x, which carry the Q4 offsets (−8·d for Q4_0, m for Q4_1).
-/// One row of a block format dotted with one token, decoding in registers: 32 lanes of
-/// accumulators across the whole row (one horizontal sum per row). `xsum` holds the per-block
-/// sums of x, which carry the Q4 offsets (−8·d for Q4_0, m for Q4_1).
+/// sums of x, which carry the Q4 offsets (−8·d for Q4_0, m for Q4_1). Q5_0, Q5_1 and the
+/// K-quants decode one block into a stack buffer and dot that.
 #[inline(always)]
 fn fused_row_dot<const FMA: bool>(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
     let mut acc = [0f32; 32];
@@ -97,9 +98,39 @@ fn fused_row_dot<const FMA: bool>(qtype: QType, row: &[u8], x: &[f32], xsum: &[f
                 offset = fmadd::<FMA>(m, xsum[b], offset);
             }
         }
+        q if is_block_format(q) => {
+            let (bl, bb) = (q.block_len(), q.block_bytes());
+            let mut buf = [0f32; 256];
+            for (blk, xs) in row.chunks_exact(bb).zip(x.chunks_exact(bl)) {
+                crate::blocks::dequantize_block(q, blk, &mut buf[..bl]);
+                for (w, xc) in buf[..bl].chunks_exact(32).zip(xs.chunks_exact(32)) {
+                    for j in 0..32 {
+                        acc[j] = fmadd::<FMA>(w[j], xc[j], acc[j]);
+                    }
+                }
+            }
+        }
         _ => {}
     }
     acc.iter().sum::<f32>() + offset
+}
+
+/// The GGML block formats, whose rows are dotted block by block for a few tokens.
+#[inline(always)]
+fn is_block_format(q: QType) -> bool {
+    matches!(
+        q,
+        QType::Q8_0
+            | QType::Q4_0
+            | QType::Q4_1
+            | QType::Q5_0
+            | QType::Q5_1
+            | QType::Q2_K
+            | QType::Q3_K
+            | QType::Q4_K
+            | QType::Q5_K
+            | QType::Q6_K
+    )
 }
 
 /// Hand-written AVX2+FMA row dots for the GGML block formats (the autovectorised generic code
@@ -203,11 +234,190 @@ mod avx2 {
         }
         hsum(acc)
     }
+
+    /// Sixteen bytes from the start of `b`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load16(b: &[u8]) -> __m128i {
+        let b = &b[..16];
+        // SAFETY: `b` has 16 bytes.
+        unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) }
+    }
+
+    /// Sixteen signed bytes times the first 16 values of `x`, as eight lanes of partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot16_i8(q: __m128i, x: &[f32]) -> __m256 {
+        let x = &x[..16];
+        // SAFETY: `x` has 16 values.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+            )
+        };
+        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+        _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0))
+    }
+
+    /// As [`dot16_i8`], for unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot16_u8(q: __m128i, x: &[f32]) -> __m256 {
+        let x = &x[..16];
+        // SAFETY: `x` has 16 values.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+            )
+        };
+        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
+        _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0))
+    }
+
+    /// Bits 0..16 of `v` as sixteen bytes: 16 where the bit is set, 0 where not (Q5_0's fifth
+    /// bit, already in place above the nibble).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn bit16_bytes(v: u32) -> __m128i {
+        // byte i takes byte i/8 of v, then keeps bit i%8
+        let spread = _mm_shuffle_epi8(
+            _mm_cvtsi32_si128(v as i32),
+            _mm_set_epi64x(0x0101_0101_0101_0101, 0),
+        );
+        let bit = _mm_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm_cmpeq_epi8(_mm_and_si128(spread, bit), bit);
+        _mm_and_si128(set, _mm_set1_epi8(16))
+    }
+
+    /// Q5_0 rows: value d·(q − 16), q = nibble | fifth bit << 4.
+    ///
+    /// # Safety
+    /// As [`q4_dot`], with 22-byte blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_0_dot(row: &[u8], x: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0f);
+        let sixteen = _mm_set1_epi8(16);
+        let mut acc = _mm256_setzero_ps();
+        for (blk, xs) in row.chunks_exact(22).zip(x.chunks_exact(32)) {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            let d = super::f16_at(blk, 0);
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            let q = load16(&blk[6..22]);
+            let lo = _mm_or_si128(_mm_and_si128(q, mask), bit16_bytes(qh & 0xffff));
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16(q, 4), mask),
+                bit16_bytes(qh >> 16),
+            );
+            let s = _mm256_add_ps(
+                dot16_i8(_mm_sub_epi8(lo, sixteen), &xs[..16]),
+                dot16_i8(_mm_sub_epi8(hi, sixteen), &xs[16..]),
+            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+        }
+        hsum(acc)
+    }
+
+    /// Q4_K rows: per 32-value sub-block, (d·sc)·Σq·x in the vector accumulator and the min
+    /// term dmin·m·Σx from the per-32 sums of x (`xsum`, eight per super-block).
+    ///
+    /// # Safety
+    /// As [`q4_dot`], with 144-byte blocks of 256 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4k_dot(row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for ((blk, xs), xsb) in row
+            .chunks_exact(144)
+            .zip(x.chunks_exact(256))
+            .zip(xsum.chunks_exact(8))
+        {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            let dm = scales(blk);
+            let d = _mm_cvtss_f32(dm);
+            let dmin = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
+            let sc = &blk[4..16];
+            for c in 0..4 {
+                // 32 bytes: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1
+                let q0 = load16(&blk[16 + 32 * c..]);
+                let q1 = load16(&blk[32 + 32 * c..]);
+                let halves = [
+                    (_mm_and_si128(q0, mask), _mm_and_si128(q1, mask)),
+                    (
+                        _mm_and_si128(_mm_srli_epi16(q0, 4), mask),
+                        _mm_and_si128(_mm_srli_epi16(q1, 4), mask),
+                    ),
+                ];
+                for (t, (a, b)) in halves.into_iter().enumerate() {
+                    let j = 2 * c + t;
+                    let (s, m) = crate::blocks::scale_min_k4(j, sc);
+                    let xj = &xs[32 * j..32 * j + 32];
+                    let sum = _mm256_add_ps(dot16_u8(a, xj), dot16_u8(b, &xj[16..]));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * f32::from(s)), sum, acc);
+                    mins = (dmin * f32::from(m)).mul_add(xsb[j], mins);
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+
+    /// Q6_K rows: per 16-value group, (d·sc)·Σ(q − 32)·x.
+    ///
+    /// # Safety
+    /// As [`q4_dot`], with 210-byte blocks of 256 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6k_dot(row: &[u8], x: &[f32]) -> f32 {
+        let m4 = _mm_set1_epi8(0x0f);
+        let m2 = _mm_set1_epi8(3);
+        let off = _mm_set1_epi8(32);
+        let mut acc = _mm256_setzero_ps();
+        for (blk, xs) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            let d = super::f16_at(blk, 208);
+            let sc = &blk[192..208];
+            for h in 0..2 {
+                let ql = &blk[64 * h..64 * h + 64];
+                let qh = &blk[128 + 32 * h..160 + 32 * h];
+                let xh = &xs[128 * h..128 * h + 128];
+                for l0 in [0, 16] {
+                    let a = load16(&ql[l0..]);
+                    let b = load16(&ql[32 + l0..]);
+                    let hb = load16(&qh[l0..]);
+                    // (low four bits, high two bits, first element within the half)
+                    let parts = [
+                        (_mm_and_si128(a, m4), hb, l0),
+                        (_mm_and_si128(b, m4), _mm_srli_epi16(hb, 2), 32 + l0),
+                        (
+                            _mm_and_si128(_mm_srli_epi16(a, 4), m4),
+                            _mm_srli_epi16(hb, 4),
+                            64 + l0,
+                        ),
+                        (
+                            _mm_and_si128(_mm_srli_epi16(b, 4), m4),
+                            _mm_srli_epi16(hb, 6),
+                            96 + l0,
+                        ),
+                    ];
+                    for (lo, hi, e) in parts {
+                        let q = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hi, m2), 4));
+                        let sum = dot16_i8(_mm_sub_epi8(q, off), &xh[e..]);
+                        let scale = d * f32::from(sc[8 * h + e / 16] as i8);
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), sum, acc);
+                    }
+                }
+            }
+        }
+        hsum(acc)
+    }
 }
 
 /// Rows `r0..` of the output into `out` ((rows in chunk) × n, by weight row).
 #[inline(always)]
-fn rows_generic<const FMA: bool>(
+pub(crate) fn rows_generic<const FMA: bool>(
     m: &QMatrix,
     x: &[f32],
     xsum: &[f32],
@@ -216,7 +426,7 @@ fn rows_generic<const FMA: bool>(
     out: &mut [f32],
 ) {
     let rows = out.len() / n.max(1);
-    let fused = n < 4 && matches!(m.qtype, QType::Q8_0 | QType::Q4_0 | QType::Q4_1);
+    let fused = n < 4 && is_block_format(m.qtype);
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
     if fused {
@@ -305,7 +515,11 @@ fn fused_row_dot_fast(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 
                 QType::Q8_0 => avx2::q8_dot(row, x),
                 QType::Q4_0 => avx2::q4_dot(row, 18, 2, x, xsum),
                 QType::Q4_1 => avx2::q4_dot(row, 20, 4, x, xsum),
-                _ => 0.0,
+                QType::Q5_0 => avx2::q5_0_dot(row, x),
+                QType::Q4_K => avx2::q4k_dot(row, x, xsum),
+                QType::Q6_K => avx2::q6k_dot(row, x),
+                // decode-and-dot, compiled here with AVX2+FMA enabled (inlined into rows_avx2)
+                _ => fused_row_dot::<true>(qtype, row, x, xsum),
             }
         }
     }
@@ -331,7 +545,7 @@ fn has_avx2() -> bool {
 }
 
 #[allow(unsafe_code)]
-fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f32]) {
+pub(crate) fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: `rows_avx2` only needs the CPU to support AVX2, FMA and F16C, checked just above.

@@ -4,6 +4,10 @@
 //! - GGML `Q8_0` (blocks of 32: f16 scale + 32 i8), `Q4_0` (f16 scale + 16 bytes of nibbles,
 //!   value = (q − 8)·d), `Q4_1` (f16 scale, f16 min + nibbles, value = q·d + m), as llama.cpp
 //!   lays them out (low nibbles are elements 0..16 of a block, high nibbles 16..32);
+//! - GGML `Q5_0`, `Q5_1` (Q4's blocks of 32 plus a fifth bit per value) and the K-quants
+//!   `Q2_K`, `Q3_K`, `Q4_K`, `Q5_K`, `Q6_K` (super-blocks of 256 with packed sub-block scales),
+//!   decoded as ggml and gguf-py decode them (`blocks.rs`); these come from GGUF files, so
+//!   graft reads them but does not quantize into them;
 //! - `Int8` rows with one absmax scale per row (`load_in_8bit`'s vector-wise quantization,
 //!   without LLM.int8's outlier decomposition);
 //! - `Nf4`: 4-bit NormalFloat with one absmax per block of 64, as bitsandbytes defines it
@@ -18,7 +22,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod blocks;
 mod kernels;
+#[cfg(test)]
+mod kquant_tests;
 pub mod pool;
 
 /// Errors of this crate.
@@ -45,12 +52,16 @@ pub enum Error {
     InputWidth { expected: usize, got: usize },
     #[error("value at index {index} is not finite; cannot quantize")]
     NonFinite { index: usize },
+    #[error("{qtype:?} is read from GGUF files; graft does not quantize into it")]
+    CannotQuantize { qtype: QType },
 }
 
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A weight format.
+// The GGML formats keep GGML's names (Q4_K, not Q4K).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QType {
     F32,
@@ -59,6 +70,13 @@ pub enum QType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
     Int8,
     Nf4,
 }
@@ -68,8 +86,9 @@ impl QType {
     pub fn block_len(self) -> usize {
         match self {
             QType::F32 | QType::F16 | QType::BF16 | QType::Int8 => 1,
-            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 => 32,
+            QType::Q8_0 | QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => 32,
             QType::Nf4 => 64,
+            QType::Q2_K | QType::Q3_K | QType::Q4_K | QType::Q5_K | QType::Q6_K => 256,
         }
     }
 
@@ -82,6 +101,13 @@ impl QType {
             QType::Q8_0 => 34,
             QType::Q4_0 => 18,
             QType::Q4_1 => 20,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
+            QType::Q2_K => 84,
+            QType::Q3_K => 110,
+            QType::Q4_K => 144,
+            QType::Q5_K => 176,
+            QType::Q6_K => 210,
             QType::Nf4 => 32,
         }
     }
@@ -103,10 +129,32 @@ impl QType {
             "q8_0" => QType::Q8_0,
             "q4_0" => QType::Q4_0,
             "q4_1" => QType::Q4_1,
+            "q5_0" => QType::Q5_0,
+            "q5_1" => QType::Q5_1,
+            "q2_k" => QType::Q2_K,
+            "q3_k" => QType::Q3_K,
+            "q4_k" => QType::Q4_K,
+            "q5_k" => QType::Q5_K,
+            "q6_k" => QType::Q6_K,
             "int8" => QType::Int8,
             "nf4" => QType::Nf4,
             _ => return None,
         })
+    }
+
+    /// Whether `QMatrix::quantize` can produce this format (the GGUF-only ones are read, not
+    /// made).
+    pub fn can_quantize(self) -> bool {
+        !matches!(
+            self,
+            QType::Q5_0
+                | QType::Q5_1
+                | QType::Q2_K
+                | QType::Q3_K
+                | QType::Q4_K
+                | QType::Q5_K
+                | QType::Q6_K
+        )
     }
 }
 
@@ -262,6 +310,9 @@ impl QMatrix {
 
     /// Quantizes an f32 (rows, cols) matrix.
     pub fn quantize(qtype: QType, rows: usize, cols: usize, w: &[f32]) -> Result<Self> {
+        if !qtype.can_quantize() {
+            return Err(Error::CannotQuantize { qtype });
+        }
         if w.len()
             != rows
                 .checked_mul(cols)
@@ -348,7 +399,15 @@ impl QMatrix {
                         }
                     }
                 }
-                QType::Nf4 => {}
+                // refused above
+                QType::Nf4
+                | QType::Q5_0
+                | QType::Q5_1
+                | QType::Q2_K
+                | QType::Q3_K
+                | QType::Q4_K
+                | QType::Q5_K
+                | QType::Q6_K => {}
             }
         }
         Ok(QMatrix {
@@ -456,6 +515,18 @@ impl QMatrix {
                         o[j] = (b[4 + j] & 0x0f) as f32 * d + m;
                         o[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
                     }
+                }
+            }
+            QType::Q5_0
+            | QType::Q5_1
+            | QType::Q2_K
+            | QType::Q3_K
+            | QType::Q4_K
+            | QType::Q5_K
+            | QType::Q6_K => {
+                let (bl, bb) = (self.qtype.block_len(), self.qtype.block_bytes());
+                for (o, b) in out.chunks_exact_mut(bl).zip(row.chunks_exact(bb)) {
+                    blocks::dequantize_block(self.qtype, b, o);
                 }
             }
             QType::Nf4 => {}
