@@ -155,9 +155,13 @@ pub fn load_case(dir: &std::path::Path) -> (serde_json::Value, graft_models::Mod
     let case: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("case.json")).expect("case.json"))
             .expect("case.json is JSON");
-    let base = fixtures()
-        .join("models")
-        .join(case["model"].as_str().expect("model"));
+    // `model`: a base under fixtures/models; `model_dir`: a path under fixtures
+    let base = match case["model_dir"].as_str() {
+        Some(d) => fixtures().join(d),
+        None => fixtures()
+            .join("models")
+            .join(case["model"].as_str().expect("model")),
+    };
     let mut model = graft_models::Model::open_base(&base).expect("base model");
     for a in case["adapters"].as_array().expect("adapters") {
         let opts = graft_models::LoadAdapterOptions {

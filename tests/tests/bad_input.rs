@@ -1059,7 +1059,13 @@ fn unsupported_model_type() {
         matches!(&e, ModelError::Arch(graft_arch::Error::UnsupportedArchitecture(t, _)) if t == "gpt2"),
         "{e:?}"
     );
-    assert_contains(&msg, &["gpt2", "llama, mistral, opt"]);
+    assert_contains(
+        &msg,
+        &[
+            "gpt2",
+            "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt",
+        ],
+    );
 }
 
 #[test]

@@ -271,7 +271,7 @@ refused_keys! {
 
 #[test]
 fn refuses_unimplemented_rope_types() {
-    for ty in ["dynamic", "yarn", "longrope", "su", "proportional"] {
+    for ty in ["dynamic", "yarn", "proportional"] {
         refused(
             "llama_theta5000",
             |c| c["rope_parameters"]["rope_type"] = json!(ty),
@@ -279,6 +279,17 @@ fn refuses_unimplemented_rope_types() {
             &format!("\"{ty}\""),
         );
     }
+}
+
+#[test]
+fn longrope_without_its_factors_is_refused_by_name() {
+    let mut c = config("llama_theta5000", "v5");
+    c["rope_parameters"]["rope_type"] = json!("longrope");
+    let e = open_with("llama_theta5000", &c)
+        .err()
+        .expect("accepted")
+        .to_string();
+    assert!(e.contains("rope_parameters.short_factor"), "{e}");
 }
 
 #[test]

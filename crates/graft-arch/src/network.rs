@@ -23,6 +23,8 @@ pub struct Norm {
     pub id: usize,
     pub eps: f64,
     pub kind: NormKind,
+    /// Gemma's RMSNorm multiplies by `1 + w` (its weights are stored as offsets from one).
+    pub unit_offset: bool,
 }
 
 /// Element-wise activations of the MLPs.
@@ -33,6 +35,8 @@ pub enum Activation {
     Relu,
     /// The exact GELU, `x · Φ(x)` (transformers' `"gelu"`).
     GeluErf,
+    /// GELU's tanh approximation (transformers' `"gelu_pytorch_tanh"`, Gemma's GeGLU).
+    GeluTanh,
 }
 
 /// The feed-forward part of a block.
@@ -43,6 +47,14 @@ pub enum Mlp {
         gate: usize,
         up: usize,
         down: usize,
+        act: Activation,
+    },
+    /// `down(act(g) · u)` where one module computes `[g | u]`, each `ffn` wide (Phi-3's
+    /// `gate_up_proj`; PEFT adapts the fused module as one Linear).
+    GatedFused {
+        gate_up: usize,
+        down: usize,
+        ffn: usize,
         act: Activation,
     },
     /// `fc2(act(fc1(x)))` (OPT).
@@ -62,13 +74,34 @@ pub enum Residual {
     PostNorm,
 }
 
+/// The modules that compute queries, keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qkv {
+    Separate {
+        q: usize,
+        k: usize,
+        v: usize,
+    },
+    /// One module whose output is `[q | k | v]` (Phi-3's `qkv_proj`; PEFT adapts it as one
+    /// Linear).
+    Fused(usize),
+}
+
+impl Qkv {
+    /// The Linear modules, in output order.
+    pub fn modules(&self) -> Vec<usize> {
+        match *self {
+            Qkv::Separate { q, k, v } => vec![q, k, v],
+            Qkv::Fused(m) => vec![m],
+        }
+    }
+}
+
 /// Causal self-attention with grouped-query heads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Attention {
-    /// Linear modules: queries, keys, values, output.
-    pub q: usize,
-    pub k: usize,
-    pub v: usize,
+    pub qkv: Qkv,
+    /// The output projection.
     pub o: usize,
     pub heads: usize,
     pub kv_heads: usize,
@@ -79,6 +112,10 @@ pub struct Attention {
     pub scale: f32,
     /// A query attends to at most this many positions, itself included (sliding window).
     pub window: Option<usize>,
+    /// RMSNorms over each head of q and of k, before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: Option<(Norm, Norm)>,
+    /// Scores become `cap · tanh(s / cap)` before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 /// One decoder block.
@@ -86,8 +123,13 @@ pub struct Attention {
 pub struct Block {
     pub attn_norm: Norm,
     pub attn: Attention,
+    /// A norm on the attention branch's output before the residual add (Gemma 2/3;
+    /// pre-norm blocks only).
+    pub attn_out_norm: Option<Norm>,
     pub mlp_norm: Norm,
     pub mlp: Mlp,
+    /// A norm on the MLP branch's output before the residual add (Gemma 2/3).
+    pub mlp_out_norm: Option<Norm>,
     pub residual: Residual,
 }
 
@@ -113,15 +155,42 @@ pub struct RopeTable {
     pub head_dim: usize,
     /// `head_dim / 2` inverse frequencies.
     pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub attention_scaling: f32,
+    /// LongRoPE: a forward pass whose last position is at or past `after` uses these
+    /// frequencies for all of its tokens (transformers picks the set per call by its longest
+    /// position; keys already cached keep theirs).
+    pub long: Option<LongFreq>,
+}
+
+/// The second frequency set of LongRoPE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongFreq {
+    pub after: usize,
+    pub inv_freq: Vec<f32>,
 }
 
 impl RopeTable {
     pub fn new(rope: Rope, head_dim: usize) -> Self {
         let inv_freq = rope.inv_freq(head_dim);
+        let attention_scaling = rope.attention_scaling() as f32;
+        let long = rope
+            .long_inv_freq(head_dim)
+            .map(|(after, inv_freq)| LongFreq { after, inv_freq });
         RopeTable {
             rope,
             head_dim,
             inv_freq,
+            attention_scaling,
+            long,
+        }
+    }
+
+    /// The frequencies of a forward pass over positions `..end`.
+    pub fn inv_freq_for(&self, end: usize) -> &[f32] {
+        match &self.long {
+            Some(l) if end > l.after => &l.inv_freq,
+            _ => &self.inv_freq,
         }
     }
 }
@@ -146,6 +215,10 @@ pub struct Network {
     /// `hidden_size` → `embed_dim` before the head (OPT-350m's `project_out`).
     pub project_out: Option<usize>,
     pub head: Head,
+    /// Multiplies the token embeddings (Gemma: √hidden_size, rounded to f32).
+    pub embed_scale: Option<f32>,
+    /// Logits become `cap · tanh(logits / cap)` (Gemma 2's final soft-capping).
+    pub logit_softcap: Option<f32>,
     pub ropes: Vec<RopeTable>,
     /// The dropouts of training mode, by configuration key (`attention_dropout`, OPT's
     /// `dropout`, `layerdrop`…), with their probabilities. A forward pass in evaluation mode

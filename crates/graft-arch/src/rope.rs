@@ -30,6 +30,15 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// `rope_type: longrope` (Phi-3/3.5's `su`): per-frequency divisors, `short_factor` for a
+    /// forward pass within `original_max_position_embeddings`, `long_factor` past it; cos and
+    /// sin scaled by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 /// The RoPE of one attention layer: base and scaling, over the whole head.
@@ -45,10 +54,13 @@ impl Rope {
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
         let d = head_dim;
         let base = (0..d / 2).map(|i| 1.0 / self.theta.powf((2 * i) as f64 / d as f64));
-        let scaled: Vec<f64> = match self.scaling {
+        let scaled: Vec<f64> = match &self.scaling {
             RopeScaling::None => base.collect(),
+            RopeScaling::LongRope { short_factor, .. } => {
+                base.zip(short_factor).map(|(f, s)| f / s).collect()
+            }
             RopeScaling::Linear { factor } => base.map(|x| x / factor).collect(),
-            RopeScaling::Llama3 {
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
@@ -74,6 +86,47 @@ impl Rope {
         scaled.into_iter().map(|f| f as f32).collect()
     }
 
+    /// What multiplies cos and sin.
+    pub fn attention_scaling(&self) -> f64 {
+        match &self.scaling {
+            RopeScaling::LongRope {
+                attention_factor, ..
+            } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// LongRoPE's second set: the position past which it applies, and its frequencies.
+    pub fn long_inv_freq(&self, head_dim: usize) -> Option<(usize, Vec<f32>)> {
+        let RopeScaling::LongRope {
+            long_factor,
+            original_max_position_embeddings,
+            ..
+        } = &self.scaling
+        else {
+            return None;
+        };
+        let d = head_dim;
+        let f = (0..d / 2)
+            .zip(long_factor)
+            .map(|(i, l)| (1.0 / (l * self.theta.powf((2 * i) as f64 / d as f64))) as f32)
+            .collect();
+        Some((*original_max_position_embeddings, f))
+    }
+
+    /// The number of frequencies the scaling carries per head (LongRoPE's factor lists), to
+    /// check against `head_dim / 2`.
+    pub fn factor_len(&self) -> Option<usize> {
+        match &self.scaling {
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => Some(short_factor.len().min(long_factor.len())),
+            _ => None,
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.scaling {
             RopeScaling::None => format!("default, theta {}", self.theta),
@@ -88,6 +141,16 @@ impl Rope {
             } => format!(
                 "llama3, theta {}, factor {factor}, low_freq_factor {low_freq_factor}, high_freq_factor {high_freq_factor}, original_max_position_embeddings {original_max_position_embeddings}",
                 self.theta
+            ),
+            RopeScaling::LongRope {
+                short_factor,
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            } => format!(
+                "longrope, theta {}, {} short and long factors, original_max_position_embeddings {original_max_position_embeddings}, attention_factor {attention_factor}",
+                self.theta,
+                short_factor.len()
             ),
         }
     }
@@ -106,9 +169,14 @@ pub enum RopeParams {
 pub struct RopeOptions {
     /// The class's `default_theta` (10000 for the architectures graft runs).
     pub default_theta: f64,
+    /// `max_position_embeddings`: LongRoPE without a `factor` takes the ratio of this to
+    /// `original_max_position_embeddings` (Phi-3).
+    pub max_positions: usize,
+    /// The class's default `original_max_position_embeddings` (Phi-3: 4096).
+    pub default_original_max: Option<usize>,
 }
 
-const TYPES: &str = "default, linear, llama3";
+const TYPES: &str = "default, linear, llama3, longrope";
 
 /// Reads the RoPE parameters. The architecture's key list must name `rope_theta`,
 /// `rope_scaling`, `rope_parameters`, `partial_rotary_factor` and
@@ -307,6 +375,71 @@ fn one(
                 original_max_position_embeddings: orig,
             }
         }
+        "longrope" | "su" => {
+            used.extend([
+                "short_factor",
+                "long_factor",
+                "factor",
+                "attention_factor",
+                "original_max_position_embeddings",
+            ]);
+            let list = |r: &ConfigReader, k: &str| -> Result<Vec<f64>> {
+                let v = o.get(k).ok_or_else(|| {
+                    r.bad(&sub(k), "is missing; rope_type `longrope` requires it")
+                })?;
+                v.as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| finite(x).filter(|f| *f > 0.0))
+                            .collect::<Option<Vec<f64>>>()
+                    })
+                    .ok_or_else(|| {
+                        r.bad(
+                            &sub(k),
+                            format!("= {} must be a list of positive numbers", show(v)),
+                        )
+                    })
+            };
+            let short_factor = list(r, "short_factor")?;
+            let long_factor = list(r, "long_factor")?;
+            let orig = match num(r, "original_max_position_embeddings")? {
+                Some(x) => positive_int(&Value::from(x)),
+                None => top_orig
+                    .and_then(positive_int)
+                    .or(opts.default_original_max),
+            }
+            .ok_or_else(|| {
+                r.bad(
+                    &sub("original_max_position_embeddings"),
+                    "is missing; rope_type `longrope` requires it",
+                )
+            })?;
+            let ratio = opts.max_positions as f64 / orig as f64;
+            let factor = match num(r, "factor")? {
+                // transformers 4 takes the ratio whenever the top-level original length is
+                // there, 5 takes `factor`: refused where they differ
+                Some(f) if top_orig.is_some() && f != ratio => {
+                    return Err(r.unsupported(
+                        &sub("factor"),
+                        &Value::from(f),
+                        &format!("max_position_embeddings / original_max_position_embeddings = {ratio} disagrees with it (transformers 4 uses the ratio, 5 the factor)"),
+                    ))
+                }
+                Some(f) => f,
+                None => ratio,
+            };
+            let attention_factor = match num(r, "attention_factor")? {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (orig as f64).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: orig,
+                attention_factor,
+            }
+        }
         other => {
             return Err(r.unsupported(
                 &sub("rope_type"),
@@ -345,6 +478,8 @@ mod tests {
         rd("original_max_position_embeddings"),
     ];
     const OPTS: RopeOptions = RopeOptions {
+        max_positions: 2048,
+        default_original_max: None,
         default_theta: 10000.0,
     };
 

@@ -275,6 +275,11 @@ impl ModuleTable {
             false,
             BaseParams { weight, bias },
         );
-        Ok(Norm { id, eps, kind })
+        Ok(Norm {
+            id,
+            eps,
+            kind,
+            unit_offset: false,
+        })
     }
 }

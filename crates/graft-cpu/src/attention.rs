@@ -107,6 +107,21 @@ impl LayerCache {
         scale: f32,
         window: Option<usize>,
     ) -> Vec<f32> {
+        self.attend_capped(q, n, heads, total, scale, window, None)
+    }
+
+    /// [`Self::attend`] with scores soft-capped to `cap · tanh(s / cap)` (Gemma 2).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_capped(
+        &self,
+        q: &[f32],
+        n: usize,
+        heads: usize,
+        total: usize,
+        scale: f32,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Vec<f32> {
         let d = self.head_dim;
         let rep = heads / self.kv_heads.max(1);
         let offset = total - n;
@@ -123,7 +138,10 @@ impl LayerCache {
                 let mut max = f32::NEG_INFINITY;
                 for j in start..=qpos {
                     let kj = &kb[j * d..(j + 1) * d];
-                    let s = dot(qi, kj) * scale;
+                    let mut s = dot(qi, kj) * scale;
+                    if let Some(c) = softcap {
+                        s = (s / c).tanh() * c;
+                    }
                     scores[j] = s;
                     max = max.max(s);
                 }
@@ -175,11 +193,28 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Rotary embeddings in Hugging Face's rotate-half layout, in place on (n, heads·d) rows for
 /// positions p0..p0+n: (x₁, x₂) → (x₁·cos − x₂·sin, x₂·cos + x₁·sin), angle = pos·inv_freq.
 pub fn rope_in_place(x: &mut [f32], n: usize, heads: usize, d: usize, p0: usize, inv_freq: &[f32]) {
+    rope_in_place_scaled(x, n, heads, d, p0, inv_freq, 1.0)
+}
+
+/// [`rope_in_place`] with cos and sin multiplied by `scaling` (LongRoPE's attention factor).
+pub fn rope_in_place_scaled(
+    x: &mut [f32],
+    n: usize,
+    heads: usize,
+    d: usize,
+    p0: usize,
+    inv_freq: &[f32],
+    scaling: f32,
+) {
     let half = d / 2;
     for t in 0..n {
         let pos = (p0 + t) as f32;
         for (j, f) in inv_freq.iter().enumerate().take(half) {
-            let (sin, cos) = (pos * f).sin_cos();
+            let (mut sin, mut cos) = (pos * f).sin_cos();
+            if scaling != 1.0 {
+                sin *= scaling;
+                cos *= scaling;
+            }
             for h in 0..heads {
                 let base = t * heads * d + h * d;
                 let (x1, x2) = (x[base + j], x[base + j + half]);

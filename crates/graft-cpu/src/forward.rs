@@ -5,10 +5,10 @@
 use candle_core::{DType, Device, Tensor, D};
 use graft_adapters::adapter::WeightMatrix;
 use graft_adapters::AdapterRegistry;
-use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Residual};
+use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Qkv, Residual};
 use graft_arch::table::{ModuleTable, Weight};
 
-use crate::attention::{rope_in_place, KvCache};
+use crate::attention::{rope_in_place_scaled, KvCache};
 use crate::error::{Error, Result};
 
 /// Running the base modules through the registry.
@@ -65,7 +65,11 @@ impl Ctx<'_> {
                 xc.broadcast_div(&(var + n.eps)?.sqrt()?)?
             }
         };
-        let y = y.broadcast_mul(w)?;
+        let y = if n.unit_offset {
+            y.broadcast_mul(&(w + 1.0)?)?
+        } else {
+            y.broadcast_mul(w)?
+        };
         Ok(match b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -87,7 +91,13 @@ pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::Silu => x.silu()?,
         Activation::Relu => x.relu()?,
         Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
     })
+}
+
+/// `cap · tanh(x / cap)`.
+pub fn softcap(x: &Tensor, cap: f32) -> Result<Tensor> {
+    Ok(((x / f64::from(cap))?.tanh()? * f64::from(cap))?)
 }
 
 /// One forward pass over `ids` appended to `cache`; logits (n, vocab), or (1, vocab) of the
@@ -106,6 +116,9 @@ pub fn forward(
     let p0 = cache.len;
     let dev = Device::Cpu;
     let mut x = ctx.embedding(net.embed, &Tensor::from_vec(ids.to_vec(), n, &dev)?)?;
+    if let Some(s) = net.embed_scale {
+        x = (x * f64::from(s))?;
+    }
     if let Some(pi) = net.project_in {
         x = ctx.linear(pi, &x)?;
     }
@@ -121,7 +134,11 @@ pub fn forward(
         } else {
             x.clone()
         };
-        x = (x + attention(net, ctx, &b.attn, li, &h, cache, p0)?)?;
+        let mut a = attention(net, ctx, &b.attn, li, &h, cache, p0)?;
+        if let Some(on) = b.attn_out_norm {
+            a = ctx.norm(on, &a)?;
+        }
+        x = (x + a)?;
         if !pre {
             x = ctx.norm(b.attn_norm, &x)?;
         }
@@ -141,9 +158,23 @@ pub fn forward(
                 let u = ctx.linear(up, &h)?;
                 ctx.linear(down, &(g * u)?)?
             }
+            Mlp::GatedFused {
+                gate_up,
+                down,
+                ffn,
+                act,
+            } => {
+                let gu = ctx.linear(gate_up, &h)?;
+                let g = activate(act, &gu.narrow(1, 0, ffn)?)?;
+                ctx.linear(down, &(g * gu.narrow(1, ffn, ffn)?)?)?
+            }
             Mlp::Plain { fc1, fc2, act } => {
                 ctx.linear(fc2, &activate(act, &ctx.linear(fc1, &h)?)?)?
             }
+        };
+        let m = match b.mlp_out_norm {
+            Some(on) => ctx.norm(on, &m)?,
+            None => m,
         };
         x = (x + m)?;
         if !pre {
@@ -160,7 +191,11 @@ pub fn forward(
     if let Some(po) = net.project_out {
         x = ctx.linear(po, &x)?;
     }
-    ctx.head(net, &x)
+    let logits = ctx.head(net, &x)?;
+    match net.logit_softcap {
+        Some(c) => softcap(&logits, c),
+        None => Ok(logits),
+    }
 }
 
 /// Causal self-attention of block `li` on `h` (n, hidden): q/k/v, RoPE, the cache, o.
@@ -175,17 +210,38 @@ fn attention(
 ) -> Result<Tensor> {
     let n = h.dim(0)?;
     let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
-    let mut q = ctx.linear(a.q, h)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut k = ctx.linear(a.k, h)?.flatten_all()?.to_vec1::<f32>()?;
-    let v = ctx.linear(a.v, h)?.flatten_all()?.to_vec1::<f32>()?;
+    let (q, k, v) = match a.qkv {
+        Qkv::Separate { q, k, v } => (ctx.linear(q, h)?, ctx.linear(k, h)?, ctx.linear(v, h)?),
+        Qkv::Fused(m) => {
+            let y = ctx.linear(m, h)?;
+            (
+                y.narrow(1, 0, nh * hd)?,
+                y.narrow(1, nh * hd, nkv * hd)?,
+                y.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+            )
+        }
+    };
+    // per-head norms of q and k (Qwen3, Gemma 3): rows of head_dim
+    let (q, k) = match a.qk_norm {
+        Some((qn, kn)) => (
+            ctx.norm(qn, &q.reshape((n * nh, hd))?)?,
+            ctx.norm(kn, &k.reshape((n * nkv, hd))?)?,
+        ),
+        None => (q, k),
+    };
+    let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+    let v = v.flatten_all()?.to_vec1::<f32>()?;
     if let Some(r) = a.rope {
-        let f = &net.ropes[r].inv_freq;
-        rope_in_place(&mut q, n, nh, hd, p0, f);
-        rope_in_place(&mut k, n, nkv, hd, p0, f);
+        let table = &net.ropes[r];
+        let f = table.inv_freq_for(p0 + n);
+        let s = table.attention_scaling;
+        rope_in_place_scaled(&mut q, n, nh, hd, p0, f, s);
+        rope_in_place_scaled(&mut k, n, nkv, hd, p0, f, s);
     }
     let layer = cache.layer(li, nkv, hd);
     layer.append(p0, n, &k, &v);
-    let out = layer.attend(&q, n, nh, p0 + n, a.scale, a.window);
+    let out = layer.attend_capped(&q, n, nh, p0 + n, a.scale, a.window, a.softcap);
     let out = Tensor::from_vec(out, (n, nh * hd), &Device::Cpu)?;
     ctx.linear(a.o, &out)
 }

@@ -12,9 +12,17 @@
 // - Keys are walked in tiles of TILE positions with an online softmax (running max and sum), so
 //   the history never has to fit in workgroup memory. A query sees positions start ..= itself,
 //   where start is 0 or, with a sliding window, position + 1 − window.
-// The cos/sin table is computed on the host exactly as the CPU path computes it.
+// The cos/sin table is computed on the host exactly as the CPU path computes it; with R_LONG
+// it holds a second set (LongRoPE's long factors) at rows cap.., used for every token of a call
+// whose last position is past `long_after`, as transformers picks the set per call.
+// - With R_QKNORM each head of q and k is RMS-normalised (weights at aux[qn_off..],
+//   aux[kn_off..]) before the rotation (Qwen3, Gemma 3).
+// - With R_SOFTCAP the scores become softcap · tanh(s / softcap) (Gemma 2).
 
 const R_ROPE: u32 = 1u;
+const R_QKNORM: u32 = 2u;
+const R_SOFTCAP: u32 = 4u;
+const R_LONG: u32 = 8u;
 
 struct Params {
     n: u32,
@@ -30,9 +38,13 @@ struct Params {
     flags: u32,
     cap: u32,
     scale: f32,
+    softcap: f32,
+    qn_off: u32,
+    kn_off: u32,
+    eps: f32,
+    long_after: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -42,6 +54,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(5) var<storage, read_write> vc: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> aux: array<f32>;
 
 const TILE: u32 = 64u;
 // head_dim ≤ MAX_HD (checked on the host)
@@ -51,19 +64,44 @@ const NEG: f32 = -3.0e38;
 var<workgroup> qs: array<f32, MAX_HD>;
 var<workgroup> sc: array<f32, TILE>;
 
-// Value d of the head starting at qkv[b], rotated for position `pos`.
-fn rotated(b: u32, d: u32, pos: u32) -> f32 {
+// 1 / rms of the head starting at qkv[b] when its norm's weights are at aux[wo..] (else 1).
+fn head_inv(b: u32, wo: u32) -> f32 {
+    if ((P.flags & R_QKNORM) == 0u) {
+        return 1.0;
+    }
+    var s = 0.0;
+    for (var d = 0u; d < P.hd; d++) {
+        let x = qkv[b + d];
+        s += x * x;
+    }
+    return 1.0 / sqrt(s / f32(P.hd) + P.eps);
+}
+
+// Value d of the head starting at qkv[b], normalised (inv from head_inv).
+fn hval(b: u32, d: u32, inv: f32, wo: u32) -> f32 {
+    if ((P.flags & R_QKNORM) == 0u) {
+        return qkv[b + d];
+    }
+    return qkv[b + d] * inv * aux[wo + d];
+}
+
+// Value d of the head starting at qkv[b], normalised and rotated for position `pos`.
+fn rotated(b: u32, d: u32, pos: u32, inv: f32, wo: u32) -> f32 {
     let half = P.hd / 2u;
-    let x = qkv[b + d];
+    let x = hval(b, d, inv, wo);
     if ((P.flags & R_ROPE) == 0u || d >= 2u * half) {
         return x;
     }
-    let j = d % half;
-    let cs = rope[pos * half + j];
-    if (d < half) {
-        return x * cs.x - qkv[b + d + half] * cs.y;
+    var row = pos;
+    if ((P.flags & R_LONG) != 0u && state[0] + P.n > P.long_after) {
+        row = pos + P.cap;
     }
-    return x * cs.x + qkv[b + d - half] * cs.y;
+    let j = d % half;
+    let cs = rope[row * half + j];
+    if (d < half) {
+        return x * cs.x - hval(b, d + half, inv, wo) * cs.y;
+    }
+    return x * cs.x + hval(b, d - half, inv, wo) * cs.y;
 }
 
 @compute @workgroup_size(TILE)
@@ -81,15 +119,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         start = qpos + 1u - P.window;
     }
     let qb = t * P.qkv_stride + P.q_off + h * hd;
+    let qinv = head_inv(qb, P.qn_off);
     for (var d = li; d < hd; d += TILE) {
-        qs[d] = rotated(qb, d, qpos);
+        qs[d] = rotated(qb, d, qpos, qinv, P.qn_off);
     }
     if (h % rep == 0u && qpos < P.cap) {
         let kb = t * P.qkv_stride + P.k_off + kvh * hd;
         let vb = t * P.qkv_stride + P.v_off + kvh * hd;
         let cb = qpos * kv_stride + kvh * hd;
+        let kinv = head_inv(kb, P.kn_off);
         for (var d = li; d < hd; d += TILE) {
-            kc[cb + d] = rotated(kb, d, qpos);
+            kc[cb + d] = rotated(kb, d, qpos, kinv, P.kn_off);
             vc[cb + d] = qkv[vb + d];
         }
     }
@@ -109,11 +149,15 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
                 }
             } else {
                 let kb = (j - p0) * P.qkv_stride + P.k_off + kvh * hd;
+                let kinv = head_inv(kb, P.kn_off);
                 for (var d = 0u; d < hd; d++) {
-                    acc += qs[d] * rotated(kb, d, j);
+                    acc += qs[d] * rotated(kb, d, j, kinv, P.kn_off);
                 }
             }
             s = acc * P.scale;
+            if ((P.flags & R_SOFTCAP) != 0u) {
+                s = P.softcap * tanh_(s / P.softcap);
+            }
         }
         sc[li] = s;
         workgroupBarrier();

@@ -7,6 +7,7 @@
 const E_LORA: u32 = 1u;
 const E_ACCUM: u32 = 2u;
 const E_POSITIONS: u32 = 4u;
+const E_SCALE: u32 = 8u;
 
 struct Params {
     wd: WeightDesc,
@@ -19,7 +20,8 @@ struct Params {
     // row0 + wd.rows of `total_rows`, and writes only the tokens whose ids fall in it.
     row0: u32,
     total_rows: u32,
-    _pad0: u32,
+    // E_SCALE: multiplies the row (Gemma's √hidden), adapters included
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -56,6 +58,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < P.lora_r; j++) {
             v += la[j * P.total_rows + id] * lb[d * P.lora_r + j];
         }
+    }
+    if ((P.flags & E_SCALE) != 0u) {
+        v *= P.scale;
     }
     let yi = t * P.y_stride + d;
     if ((P.flags & E_ACCUM) != 0u) {

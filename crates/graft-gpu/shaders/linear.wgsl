@@ -38,6 +38,7 @@ const X_LAYER_NORM: u32 = 2u;
 const X_SILU_MUL: u32 = 3u;
 const X_RELU: u32 = 4u;
 const X_GELU: u32 = 5u;
+const X_GELU_TANH_MUL: u32 = 6u;
 
 struct Seg {
     // one past the module's last row in the group
@@ -114,6 +115,11 @@ fn xval(t: u32, lt: u32, c: u32) -> f32 {
         }
         case 4u: {
             return max(v, 0.0);
+        }
+        case 6u: {
+            // GELU's tanh approximation on the gate, times up (Gemma's GeGLU)
+            let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+            return 0.5 * v * (1.0 + tanh_(u)) * x[b + P.act_off];
         }
         default: {
             return 0.5 * v * (1.0 + erf_(v * 0.70710678118654752));

@@ -1,9 +1,11 @@
 // RMSNorm (Llama) and LayerNorm (OPT) over each token's row, one workgroup per token, as
 // transformers computes them in f32: x / sqrt(mean(x²) + eps) · w, and
-// (x − mean) / sqrt(var + eps) · w + b.
+// (x − mean) / sqrt(var + eps) · w + b. With N_ACCUM the result is added to y (Gemma's norm
+// on a branch's output before the residual add). Gemma's `1 + w` is added on upload.
 
 const N_RMS: u32 = 1u;
 const N_BIAS: u32 = 2u;
+const N_ACCUM: u32 = 4u;
 
 struct Params {
     n: u32,
@@ -68,6 +70,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         if (has_bias) {
             v += aux[P.b_off + i];
         }
-        y[t * P.y_stride + i] = v;
+        let yi = t * P.y_stride + i;
+        if ((P.flags & N_ACCUM) != 0u) {
+            v += y[yi];
+        }
+        y[yi] = v;
     }
 }

@@ -17,6 +17,8 @@ const NORM: &str = include_str!("../shaders/norm.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const COPY: &str = include_str!("../shaders/copy.wgsl");
+const MATH: &str = include_str!("../shaders/math.wgsl");
+const SOFTCAP: &str = include_str!("../shaders/softcap.wgsl");
 
 /// A weight layout on the GPU (see `shaders/formats/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +79,7 @@ pub enum Kernel {
     Attention,
     Argmax,
     Copy,
+    Softcap,
 }
 
 impl Kernel {
@@ -99,6 +102,7 @@ impl Kernel {
             Kernel::Attention,
             Kernel::Argmax,
             Kernel::Copy,
+            Kernel::Softcap,
         ]);
         v
     }
@@ -107,14 +111,15 @@ impl Kernel {
     pub fn source(self) -> String {
         match self {
             Kernel::Linear { fmt, tn } => format!(
-                "const TN: u32 = {tn}u;\n{COMMON}\n{LINEAR}\n{}",
+                "const TN: u32 = {tn}u;\n{COMMON}\n{MATH}\n{LINEAR}\n{}",
                 fmt.decoder()
             ),
             Kernel::Embed(fmt) => format!("{COMMON}\n{EMBED}\n{}", fmt.decoder()),
             Kernel::Norm => NORM.to_string(),
-            Kernel::Attention => ATTENTION.to_string(),
+            Kernel::Attention => format!("{MATH}\n{ATTENTION}"),
             Kernel::Argmax => ARGMAX.to_string(),
             Kernel::Copy => COPY.to_string(),
+            Kernel::Softcap => format!("{MATH}\n{SOFTCAP}"),
         }
     }
 
@@ -125,9 +130,10 @@ impl Kernel {
             Kernel::Linear { .. } => &[U, R, R, R, R, R, R, W],
             Kernel::Embed(_) => &[U, R, R, R, R, R, R, W],
             Kernel::Norm => &[U, R, R, W],
-            Kernel::Attention => &[U, R, R, R, W, W, W],
+            Kernel::Attention => &[U, R, R, R, W, W, W, R],
             Kernel::Argmax => &[U, R, W, W, W],
             Kernel::Copy => &[U, R, W],
+            Kernel::Softcap => &[U, W],
         }
     }
 
@@ -137,7 +143,7 @@ impl Kernel {
         match self {
             Kernel::Linear { .. } => &[("WG", LINEAR_WG), ("RPW", RPW)],
             Kernel::Embed(_) => &[("WG", EMBED_WG)],
-            Kernel::Copy => &[("WG", COPY_WG)],
+            Kernel::Copy | Kernel::Softcap => &[("WG", COPY_WG)],
             Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
         }
     }
@@ -160,6 +166,7 @@ impl Kernel {
             Kernel::Attention => "AttentionParams",
             Kernel::Argmax => "ArgmaxParams",
             Kernel::Copy => "CopyParams",
+            Kernel::Softcap => "SoftcapParams",
         }
     }
 }
@@ -325,6 +332,7 @@ pub const X_LAYER_NORM: u32 = 2;
 pub const X_SILU_MUL: u32 = 3;
 pub const X_RELU: u32 = 4;
 pub const X_GELU: u32 = 5;
+pub const X_GELU_TANH_MUL: u32 = 6;
 /// Modules per fused linear dispatch (q, k, v).
 pub const MAX_SEGS: usize = 4;
 
@@ -358,6 +366,7 @@ pub struct LinearParams {
 pub const E_LORA: u32 = 1;
 pub const E_ACCUM: u32 = 2;
 pub const E_POSITIONS: u32 = 4;
+pub const E_SCALE: u32 = 8;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
@@ -370,11 +379,12 @@ pub struct EmbedParams {
     pub pos_offset: u32,
     pub row0: u32,
     pub total_rows: u32,
-    pub _pad0: u32,
+    pub scale: f32,
 }
 
 pub const N_RMS: u32 = 1;
 pub const N_BIAS: u32 = 2;
+pub const N_ACCUM: u32 = 4;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
@@ -394,6 +404,9 @@ pub struct NormParams {
 }
 
 pub const R_ROPE: u32 = 1;
+pub const R_QKNORM: u32 = 2;
+pub const R_SOFTCAP: u32 = 4;
+pub const R_LONG: u32 = 8;
 
 /// head_dim the attention kernel takes at most.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -414,9 +427,13 @@ pub struct AttentionParams {
     pub flags: u32,
     pub cap: u32,
     pub scale: f32,
+    pub softcap: f32,
+    pub qn_off: u32,
+    pub kn_off: u32,
+    pub eps: f32,
+    pub long_after: u32,
     pub _pad0: u32,
     pub _pad1: u32,
-    pub _pad2: u32,
 }
 
 pub const S_GUMBEL: u32 = 1;
@@ -432,6 +449,15 @@ pub struct ArgmaxParams {
     pub advance: u32,
     pub history_len: u32,
     pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
+pub struct SoftcapParams {
+    pub n: u32,
+    pub dim: u32,
+    pub stride: u32,
+    pub cap: f32,
 }
 
 #[repr(C)]
@@ -456,18 +482,19 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
             lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, xform, act_off, nw_off, nb_off, eps, has_nb, _pad0, seg)
         }
         "EmbedParams" => {
-            lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, row0, total_rows, _pad0)
+            lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, row0, total_rows, scale)
         }
         "NormParams" => {
             lay!(NormParams; n, dim, x_stride, y_stride, flags, w_off, b_off, eps, x_row0, _pad0, _pad1, _pad2)
         }
         "AttentionParams" => {
-            lay!(AttentionParams; n, nh, nkv, hd, qkv_stride, q_off, k_off, v_off, out_stride, window, flags, cap, scale, _pad0, _pad1, _pad2)
+            lay!(AttentionParams; n, nh, nkv, hd, qkv_stride, q_off, k_off, v_off, out_stride, window, flags, cap, scale, softcap, qn_off, kn_off, eps, long_after, _pad0, _pad1)
         }
         "ArgmaxParams" => {
             lay!(ArgmaxParams; len, row_off, flags, seed, inv_temp, advance, history_len, _pad0)
         }
         "CopyParams" => lay!(CopyParams; len4, _pad0, _pad1, _pad2),
+        "SoftcapParams" => lay!(SoftcapParams; n, dim, stride, cap),
         _ => None,
     }
 }
@@ -488,12 +515,18 @@ pub fn host_constants() -> Vec<(&'static str, u32)> {
         ("X_SILU_MUL", X_SILU_MUL),
         ("X_RELU", X_RELU),
         ("X_GELU", X_GELU),
+        ("X_GELU_TANH_MUL", X_GELU_TANH_MUL),
         ("E_LORA", E_LORA),
         ("E_ACCUM", E_ACCUM),
         ("E_POSITIONS", E_POSITIONS),
+        ("E_SCALE", E_SCALE),
         ("N_RMS", N_RMS),
         ("N_BIAS", N_BIAS),
+        ("N_ACCUM", N_ACCUM),
         ("R_ROPE", R_ROPE),
+        ("R_QKNORM", R_QKNORM),
+        ("R_SOFTCAP", R_SOFTCAP),
+        ("R_LONG", R_LONG),
         ("S_GUMBEL", S_GUMBEL),
         ("MAX_HD", MAX_HEAD_DIM as u32),
     ]

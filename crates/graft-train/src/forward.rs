@@ -15,7 +15,9 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
-use graft_arch::network::{Activation, Attention, Mlp, Network, Norm, NormKind, Residual};
+use graft_arch::network::{
+    Activation, Attention, Mlp, Network, Norm, NormKind, Qkv, Residual, RopeTable,
+};
 use graft_arch::table::{for_each_tile, ModuleTable, Weight};
 use graft_models::Model;
 use graft_quant::QMatrix;
@@ -224,18 +226,29 @@ fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::Silu => x.silu()?,
         Activation::Relu => x.relu()?,
         Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
     })
 }
 
-/// RoPE tables as transformers builds them: cos/sin of cat(freqs, freqs), (t, head_dim).
-fn rope_tables(t: usize, head_dim: usize, inv_freq: &[f32]) -> Result<(Tensor, Tensor)> {
+/// RoPE tables as transformers builds them: cos/sin of cat(freqs, freqs) times the
+/// attention scaling, (t, head_dim).
+fn rope_tables(t: usize, r: &RopeTable) -> Result<(Tensor, Tensor)> {
+    let head_dim = r.head_dim;
+    // a training forward covers positions 0..t (transformers picks LongRoPE's set by that)
+    let inv_freq = r.inv_freq_for(t);
+    let s = r.attention_scaling;
     let mut cos = Vec::with_capacity(t * head_dim);
     let mut sin = Vec::with_capacity(t * head_dim);
     for p in 0..t {
         for j in 0..head_dim {
             let f = inv_freq[j % (head_dim / 2)] * p as f32;
-            cos.push(f.cos());
-            sin.push(f.sin());
+            if s == 1.0 {
+                cos.push(f.cos());
+                sin.push(f.sin());
+            } else {
+                cos.push(f.cos() * s);
+                sin.push(f.sin() * s);
+            }
         }
     }
     Ok((
@@ -261,11 +274,12 @@ impl Shared {
                 && c.hd == a.head_dim
                 && c.window == a.window
                 && c.scale == f64::from(a.scale)
+                && c.softcap == a.softcap.map(f64::from)
         };
         if let Some(c) = self.attention.iter().find(|c| same(c)) {
             return Ok(c.clone());
         }
-        let c = CausalAttention::new(
+        let mut c = CausalAttention::new(
             self.b,
             a.heads,
             a.kv_heads,
@@ -274,6 +288,7 @@ impl Shared {
             f64::from(a.scale),
             a.window,
         )?;
+        c.softcap = a.softcap.map(f64::from);
         self.attention.push(c.clone());
         Ok(c)
     }
@@ -307,12 +322,15 @@ impl<'a> TrainModel<'a> {
 
     fn norm(&self, n: Norm, x: &Tensor) -> Result<Tensor> {
         let saved = self.adapter.saved.get(&n.id);
+        // Gemma multiplies by 1 + w
+        let offset =
+            |w: Tensor| -> Result<Tensor> { Ok(if n.unit_offset { (w + 1.0)? } else { w }) };
         match n.kind {
             NormKind::Rms => match saved {
                 // A trained norm weight needs its own gradient: candle's ops give it.
-                Some(s) => rms_norm(x, s.weight.as_tensor(), n.eps),
+                Some(s) => rms_norm(x, &offset(s.weight.as_tensor().clone())?, n.eps),
                 None => Ok(x.apply_op1(RmsNorm {
-                    weight: self.dense(n.id)?.to_vec1::<f32>()?,
+                    weight: offset(self.dense(n.id)?)?.to_vec1::<f32>()?,
                     eps: n.eps as f32,
                 })?),
             },
@@ -424,9 +442,28 @@ impl<'a> TrainModel<'a> {
                 None => Ok(y),
             }
         };
-        let q = rope(heads(self.linear(a.q, h, rng.as_deref_mut())?, nh)?)?;
-        let k = rope(heads(self.linear(a.k, h, rng.as_deref_mut())?, nkv)?)?;
-        let v = heads(self.linear(a.v, h, rng.as_deref_mut())?, nkv)?;
+        let (q, k, v) = match a.qkv {
+            Qkv::Separate { q, k, v } => (
+                self.linear(q, h, rng.as_deref_mut())?,
+                self.linear(k, h, rng.as_deref_mut())?,
+                self.linear(v, h, rng.as_deref_mut())?,
+            ),
+            Qkv::Fused(m) => {
+                let y = self.linear(m, h, rng.as_deref_mut())?;
+                (
+                    y.narrow(1, 0, nh * hd)?,
+                    y.narrow(1, nh * hd, nkv * hd)?,
+                    y.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let (q, k) = (heads(q, nh)?, heads(k, nkv)?);
+        // per-head norms before the rotation (Qwen3, Gemma 3)
+        let (q, k) = match a.qk_norm {
+            Some((qn, kn)) => (self.norm(qn, &q)?, self.norm(kn, &k)?),
+            None => (q, k),
+        };
+        let (q, k, v) = (rope(q)?, rope(k)?, heads(v, nkv)?);
         let op = sh.attention(a)?;
         let o = q.contiguous()?.apply_op3(&k.contiguous()?, &v, op)?;
         let o = o.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
@@ -452,6 +489,9 @@ impl<'a> TrainModel<'a> {
         }
         let ids = Tensor::from_vec(batch.ids.clone(), b * t, &Device::Cpu)?;
         let mut x = self.embedding(net.embed, &ids)?;
+        if let Some(s) = net.embed_scale {
+            x = (x * f64::from(s))?;
+        }
         if let Some(pi) = net.project_in {
             x = self.linear(pi, &x, rng.as_deref_mut())?;
         }
@@ -468,7 +508,7 @@ impl<'a> TrainModel<'a> {
             ropes: net
                 .ropes
                 .iter()
-                .map(|r| rope_tables(t, r.head_dim, &r.inv_freq))
+                .map(|r| rope_tables(t, r))
                 .collect::<Result<_>>()?,
             attention: Vec::new(),
         };
@@ -479,7 +519,11 @@ impl<'a> TrainModel<'a> {
             } else {
                 x.clone()
             };
-            x = (x + self.attention(&blk.attn, &h, &mut sh, rng.as_deref_mut())?)?;
+            let mut a = self.attention(&blk.attn, &h, &mut sh, rng.as_deref_mut())?;
+            if let Some(on) = blk.attn_out_norm {
+                a = self.norm(on, &a)?;
+            }
+            x = (x + a)?;
             if !pre {
                 x = self.norm(blk.attn_norm, &x)?;
             }
@@ -499,10 +543,24 @@ impl<'a> TrainModel<'a> {
                     let u = self.linear(up, &h, rng.as_deref_mut())?;
                     self.linear(down, &(g * u)?, rng.as_deref_mut())?
                 }
+                Mlp::GatedFused {
+                    gate_up,
+                    down,
+                    ffn,
+                    act,
+                } => {
+                    let gu = self.linear(gate_up, &h, rng.as_deref_mut())?;
+                    let g = activate(act, &gu.narrow(1, 0, ffn)?)?;
+                    self.linear(down, &(g * gu.narrow(1, ffn, ffn)?)?, rng.as_deref_mut())?
+                }
                 Mlp::Plain { fc1, fc2, act } => {
                     let f = activate(act, &self.linear(fc1, &h, rng.as_deref_mut())?)?;
                     self.linear(fc2, &f, rng.as_deref_mut())?
                 }
+            };
+            let m = match blk.mlp_out_norm {
+                Some(on) => self.norm(on, &m)?,
+                None => m,
             };
             x = (x + m)?;
             if !pre {
@@ -515,8 +573,17 @@ impl<'a> TrainModel<'a> {
         }
     }
 
-    /// Logits of hidden states (the output head, adapted as in PEFT; `project_out` first).
+    /// Logits of hidden states (the output head, adapted as in PEFT; `project_out` first;
+    /// soft-capped where the model says so).
     fn head(&self, h: &Tensor) -> Result<Tensor> {
+        let y = self.head_raw(h)?;
+        Ok(match self.net.logit_softcap {
+            Some(c) => ((y / f64::from(c))?.tanh()? * f64::from(c))?,
+            None => y,
+        })
+    }
+
+    fn head_raw(&self, h: &Tensor) -> Result<Tensor> {
         let net = self.net;
         let h = match net.project_out {
             Some(po) => self.linear(po, h, None)?,

@@ -88,6 +88,8 @@ pub struct CausalAttention {
     pub hd: usize,
     pub scale: f64,
     pub window: Option<usize>,
+    /// Scores become `cap · tanh(s / cap)` before the mask (Gemma 2).
+    pub softcap: Option<f64>,
     /// (groups·t, t) additive mask: 0 or −∞.
     pub mask: Tensor,
 }
@@ -121,6 +123,7 @@ impl CausalAttention {
             hd,
             scale,
             window: sliding_window,
+            softcap: None,
             mask: Tensor::from_vec(m, (groups * t, t), &Device::Cpu)?,
         })
     }
@@ -134,12 +137,20 @@ impl CausalAttention {
         q.reshape((self.b, self.nkv, self.groups() * self.t, self.hd))
     }
 
-    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let s = (self.q_rows(q)?.matmul(&k.t()?.contiguous()?)? * self.scale)?
-            .broadcast_add(&self.mask)?;
+    /// The probabilities, and with soft-capping tanh(s / cap) (for the backward pass).
+    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let s = (self.q_rows(q)?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
+        let (s, th) = match self.softcap {
+            Some(c) => {
+                let th = (s / c)?.tanh()?;
+                ((&th * c)?, Some(th))
+            }
+            None => (s, None),
+        };
+        let s = s.broadcast_add(&self.mask)?;
         let m = s.max_keepdim(D::Minus1)?;
         let e = s.broadcast_sub(&m)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+        Ok((e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?, th))
     }
 }
 
@@ -161,7 +172,7 @@ impl CustomOp3 for CausalAttention {
         let q = Tensor::from_slice(slice_of(s1, l1)?, l1.shape(), &dev)?;
         let k = Tensor::from_slice(slice_of(s2, l2)?, l2.shape(), &dev)?;
         let v = Tensor::from_slice(slice_of(s3, l3)?, l3.shape(), &dev)?;
-        let p = self.probs(&q, &k)?;
+        let (p, _) = self.probs(&q, &k)?;
         let o = p.matmul(&v)?;
         let out = o.flatten_all()?.to_vec1::<f32>()?;
         Ok((
@@ -179,7 +190,7 @@ impl CustomOp3 for CausalAttention {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let p = self.probs(&q, &k)?;
+        let (p, th) = self.probs(&q, &k)?;
         let go = self.q_rows(&g.detach().contiguous()?)?;
         // dV = Pᵀ dO (sums the query heads of a group); dP = dO Vᵀ
         let dv = p.t()?.contiguous()?.matmul(&go)?;
@@ -187,6 +198,11 @@ impl CustomOp3 for CausalAttention {
         // dS = P ⊙ (dP − rowsum(dP ⊙ P))
         let row = (&dp * &p)?.sum_keepdim(D::Minus1)?;
         let ds = (p * dp.broadcast_sub(&row)?)?;
+        // through the cap: d(c·tanh(s/c))/ds = 1 − tanh²
+        let ds = match th {
+            Some(th) => (ds * (1.0 - th.sqr()?)?)?,
+            None => ds,
+        };
         let dq = (ds.matmul(&k)? * self.scale)?.reshape((self.b, self.nh, self.t, self.hd))?;
         let dk = (ds.t()?.contiguous()?.matmul(&self.q_rows(&q)?)? * self.scale)?;
         Ok((Some(dq), Some(dk), Some(dv)))

@@ -4,15 +4,14 @@
 
 use serde_json::{json, Value};
 
+use super::decoder::{self, Decoder};
 use super::{Architecture, GgufSupport};
 use crate::config::{
     no_effect, null, null_or_one, only, read, ConfigReader, Key, Source, Understood,
 };
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::network::{
-    Activation, Attention, Block, Head, Mlp, Network, NormKind, Residual, RopeTable,
-};
+use crate::network::{Activation, Network};
 use crate::rope::{self, Rope, RopeOptions, RopeParams};
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
@@ -228,6 +227,8 @@ pub fn read_config(cfg: &Value, source_name: &str) -> Result<(LlamaConfig, Under
         &mut r,
         &RopeOptions {
             default_theta: 10000.0,
+            max_positions: max_position_embeddings,
+            default_original_max: None,
         },
     )? {
         RopeParams::Global(rope) => rope,
@@ -307,78 +308,37 @@ pub fn describe(
     t: &mut ModuleTable,
 ) -> Result<(Network, Understood)> {
     let (c, understood) = read_config(cfg, source_name)?;
-    let (h, hd) = (c.hidden_size, c.head_dim);
-    let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-    let rms =
-        |t: &mut ModuleTable, path: &str| t.norm(w, path, h, false, c.rms_norm_eps, NormKind::Rms);
-    let embed = t.embedding(w, "model.embed_tokens", c.vocab_size, h)?;
-    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let (ab, mb) = (c.attention_bias, c.mlp_bias);
-        let attn_norm = rms(t, &format!("{p}.input_layernorm"))?;
-        let q = t.linear(w, &format!("{p}.self_attn.q_proj"), h, nh * hd, ab)?;
-        let k = t.linear(w, &format!("{p}.self_attn.k_proj"), h, nkv * hd, ab)?;
-        let v = t.linear(w, &format!("{p}.self_attn.v_proj"), h, nkv * hd, ab)?;
-        let o = t.linear(w, &format!("{p}.self_attn.o_proj"), nh * hd, h, ab)?;
-        let mlp_norm = rms(t, &format!("{p}.post_attention_layernorm"))?;
-        let ffn = c.intermediate_size;
-        let gate = t.linear(w, &format!("{p}.mlp.gate_proj"), h, ffn, mb)?;
-        let up = t.linear(w, &format!("{p}.mlp.up_proj"), h, ffn, mb)?;
-        let down = t.linear(w, &format!("{p}.mlp.down_proj"), ffn, h, mb)?;
-        blocks.push(Block {
-            attn_norm,
-            attn: Attention {
-                q,
-                k,
-                v,
-                o,
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: hd,
-                rope: Some(0),
-                scale: 1.0 / (hd as f32).sqrt(),
-                window: c.sliding_window,
-            },
-            mlp_norm,
-            mlp: Mlp::Gated {
-                gate,
-                up,
-                down,
-                act: Activation::Silu,
-            },
-            residual: Residual::PreNorm,
-        });
-    }
-    let final_norm = rms(t, "model.norm")?;
-    // A tied checkpoint has no lm_head.weight; an untied one must have it.
-    let tied_to = c.tie_word_embeddings.then_some(embed);
-    let head = t.head(w, "lm_head", h, c.vocab_size, tied_to)?;
     let model_type = cfg
         .get("model_type")
         .and_then(Value::as_str)
         .unwrap_or("llama")
         .to_string();
-    let net = Network {
+    let d = Decoder {
         model_type,
         vocab_size: c.vocab_size,
-        hidden_size: h,
+        hidden_size: c.hidden_size,
+        intermediate_size: c.intermediate_size,
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        rms_norm_eps: c.rms_norm_eps,
         max_positions: c.max_position_embeddings,
-        embed,
-        embed_dim: h,
-        project_in: None,
-        positions: None,
-        blocks,
-        final_norm: Some(final_norm),
-        project_out: None,
-        head: Head {
-            module: head,
-            tied_to,
-        },
-        ropes: vec![RopeTable::new(c.rope, hd)],
+        tie_word_embeddings: c.tie_word_embeddings,
+        qkv_bias: c.attention_bias,
+        o_bias: c.attention_bias,
+        mlp_bias: c.mlp_bias,
+        fused: false,
+        qk_norm: false,
+        gemma: false,
+        act: Activation::Silu,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+        attn_softcap: None,
+        logit_softcap: None,
+        layers: vec![(c.sliding_window, 0); c.num_hidden_layers],
+        ropes: vec![c.rope],
         dropout: vec![("attention_dropout", c.attention_dropout)],
     };
-    Ok((net, understood))
+    Ok((decoder::build(&d, w, t)?, understood))
 }
 
 fn meta_err(key: &str) -> Error {

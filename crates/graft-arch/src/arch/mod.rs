@@ -2,8 +2,12 @@
 //! network, and how its GGUF files map to Hugging Face names. Adding an architecture means
 //! writing its file and listing it in [`ARCHITECTURES`].
 
+pub mod decoder;
+pub mod gemma;
 pub mod llama;
 pub mod opt;
+pub mod phi3;
+pub mod qwen;
 
 use graft_quant::QType;
 use serde_json::Value;
@@ -44,7 +48,13 @@ pub struct GgufSupport {
 }
 
 /// Every architecture graft runs.
-pub const ARCHITECTURES: &[Architecture] = &[llama::ARCHITECTURE, opt::ARCHITECTURE];
+pub const ARCHITECTURES: &[Architecture] = &[
+    llama::ARCHITECTURE,
+    qwen::ARCHITECTURE,
+    gemma::ARCHITECTURE,
+    phi3::ARCHITECTURE,
+    opt::ARCHITECTURE,
+];
 
 /// The `model_type`s graft runs, for messages.
 pub fn supported() -> String {

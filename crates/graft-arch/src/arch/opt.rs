@@ -8,7 +8,7 @@ use super::Architecture;
 use crate::config::{no_effect, null_or_true, only, read, ConfigReader, Key, Source, Understood};
 use crate::error::Result;
 use crate::network::{
-    Activation, Attention, Block, Head, Mlp, Network, NormKind, Positions, Residual,
+    Activation, Attention, Block, Head, Mlp, Network, NormKind, Positions, Qkv, Residual,
 };
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
@@ -194,9 +194,7 @@ pub fn describe(
         blocks.push(Block {
             attn_norm,
             attn: Attention {
-                q,
-                k,
-                v,
+                qkv: Qkv::Separate { q, k, v },
                 o,
                 heads: nh,
                 kv_heads: nh,
@@ -204,9 +202,13 @@ pub fn describe(
                 rope: None,
                 scale: 1.0 / (hd as f32).sqrt(),
                 window: None,
+                qk_norm: None,
+                softcap: None,
             },
+            attn_out_norm: None,
             mlp_norm,
             mlp: Mlp::Plain { fc1, fc2, act },
+            mlp_out_norm: None,
             residual,
         });
     }
@@ -231,6 +233,8 @@ pub fn describe(
             module: head,
             tied_to,
         },
+        embed_scale: None,
+        logit_softcap: None,
         ropes: Vec::new(),
         dropout: vec![
             ("dropout", c.dropout),

@@ -36,10 +36,16 @@ impl GpuModel {
         let mut norm_offs = HashMap::new();
         for n in &self.norms {
             let p = &table.params[n.id];
-            let w = match reg.param(n.id, false) {
+            let mut w = match reg.param(n.id, false) {
                 Some(t) => vec_f32(t)?,
                 None => vec_f32(&p.weight.tensor()?)?,
             };
+            if n.unit_offset {
+                // Gemma's 1 + w, in f32 as transformers adds it
+                for v in &mut w {
+                    *v += 1.0;
+                }
+            }
             let b = match reg.param(n.id, true).or(p.bias.as_ref()) {
                 Some(t) => Some(vec_f32(t)?),
                 None => None,

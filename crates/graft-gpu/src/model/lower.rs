@@ -9,7 +9,7 @@ use graft_arch::table::ModuleTable;
 use super::{pack_weight, u32_of, AttentionOp, Dims, Embed, Group, Op, Xform, B};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::kernels::{MAX_HEAD_DIM, MAX_SEGS, X_GELU, X_RELU, X_SILU_MUL};
+use crate::kernels::{MAX_HEAD_DIM, MAX_SEGS, X_GELU, X_GELU_TANH_MUL, X_RELU, X_SILU_MUL};
 use crate::weights::{GpuWeight, Packed};
 
 /// The program of a network and the weights it reads.
@@ -50,6 +50,7 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
                 dst: B::E,
                 accum: false,
                 positions: false,
+                scale: net.embed_scale,
             });
             let g = b.group(&[pi], None)?;
             b.linear(g, B::E, B::X, false, false, Xform::None);
@@ -59,6 +60,7 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
             dst: B::X,
             accum: false,
             positions: false,
+            scale: net.embed_scale,
         }),
     }
     if let Some(pos) = net.positions {
@@ -68,6 +70,7 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
             dst: B::X,
             accum: true,
             positions: true,
+            scale: None,
         });
     }
     // The residual stream and its spare (a post-norm block normalises it out of place).
@@ -90,8 +93,12 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
         } else {
             Xform::None
         };
-        let qkv = b.group(&[a.q, a.k, a.v], None)?;
+        let qkv = b.group(&a.qkv.modules(), None)?;
         b.linear(qkv, x, B::Qkv, false, false, xf);
+        if let Some((qn, kn)) = a.qk_norm {
+            b.register_norm(qn);
+            b.register_norm(kn);
+        }
         b.prog.push(Op::Attention(AttentionOp {
             layer: li,
             nh: u32_of(a.heads)?,
@@ -100,11 +107,25 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
             rope: a.rope,
             window: u32_of(a.window.unwrap_or(0))?,
             scale: a.scale,
+            qk_norm: a.qk_norm,
+            softcap: a.softcap,
         }));
         let o = b.group(&[a.o], None)?;
-        b.linear(o, B::Att, x, true, false, Xform::None);
+        match blk.attn_out_norm {
+            // o into a spare, then its norm added to the stream
+            Some(on) if pre => {
+                b.linear(o, B::Att, B::H, false, false, Xform::None);
+                b.norm(on, B::H, x, false, true);
+            }
+            Some(_) => {
+                return Err(Error::Unsupported(
+                    "a norm on the attention output of a post-norm block".into(),
+                ))
+            }
+            None => b.linear(o, B::Att, x, true, false, Xform::None),
+        }
         if !pre {
-            b.norm(blk.attn_norm, x, x2, false);
+            b.norm(blk.attn_norm, x, x2, false, false);
             std::mem::swap(&mut x, &mut x2);
         }
         let xf = if pre {
@@ -112,53 +133,82 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
         } else {
             Xform::None
         };
+        // the MLP's output: added to the stream, or (Gemma) into a spare for its norm
+        let (mlp_dst, mlp_accum) = match blk.mlp_out_norm {
+            Some(_) if !pre => {
+                return Err(Error::Unsupported(
+                    "a norm on the MLP output of a post-norm block".into(),
+                ))
+            }
+            Some(_) => (B::H, false),
+            None => (x, true),
+        };
         match blk.mlp {
-            Mlp::Gated {
-                gate,
-                up,
-                down,
-                act,
-            } => {
-                if act != Activation::Silu {
-                    return Err(Error::Unsupported(format!(
-                        "a gated MLP with {act:?} (the kernels fuse SiLU·up)"
-                    )));
-                }
-                let ffn = width_of(table, gate);
+            Mlp::Gated { act, .. } | Mlp::GatedFused { act, .. } => {
+                let code = match act {
+                    Activation::Silu => X_SILU_MUL,
+                    Activation::GeluTanh => X_GELU_TANH_MUL,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "a gated MLP with {other:?} (the kernels fuse SiLU·up and tanh-GELU·up)"
+                        )))
+                    }
+                };
+                let (mods, down, ffn) = match blk.mlp {
+                    Mlp::Gated { gate, up, down, .. } => {
+                        (vec![gate, up], down, width_of(table, gate))
+                    }
+                    Mlp::GatedFused {
+                        gate_up, down, ffn, ..
+                    } => (vec![gate_up], down, ffn),
+                    Mlp::Plain { .. } => unreachable!("matched above"),
+                };
                 dims.mlp = dims.mlp.max(2 * ffn);
-                let gu = b.group(&[gate, up], None)?;
+                let gu = b.group(&mods, None)?;
                 b.linear(gu, x, B::Mlp, false, false, xf);
                 let d = b.group(&[down], None)?;
                 let xf = Xform::Act {
-                    code: X_SILU_MUL,
+                    code,
                     up_off: u32_of(ffn)?,
                 };
-                b.linear(d, B::Mlp, x, true, false, xf);
+                b.linear(d, B::Mlp, mlp_dst, mlp_accum, false, xf);
             }
             Mlp::Plain { fc1, fc2, act } => {
                 let code = match act {
                     Activation::Relu => X_RELU,
                     Activation::GeluErf => X_GELU,
-                    Activation::Silu => {
-                        return Err(Error::Unsupported("a plain (ungated) MLP with SiLU".into()))
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "a plain (ungated) MLP with {other:?}"
+                        )))
                     }
                 };
                 dims.mlp = dims.mlp.max(width_of(table, fc1));
                 let g1 = b.group(&[fc1], None)?;
                 b.linear(g1, x, B::Mlp, false, false, xf);
                 let g2 = b.group(&[fc2], None)?;
-                b.linear(g2, B::Mlp, x, true, false, Xform::Act { code, up_off: 0 });
+                b.linear(
+                    g2,
+                    B::Mlp,
+                    mlp_dst,
+                    mlp_accum,
+                    false,
+                    Xform::Act { code, up_off: 0 },
+                );
             }
         }
+        if let (Some(on), true) = (blk.mlp_out_norm, pre) {
+            b.norm(on, B::H, x, false, true);
+        }
         if !pre {
-            b.norm(blk.mlp_norm, x, x2, false);
+            b.norm(blk.mlp_norm, x, x2, false, false);
             std::mem::swap(&mut x, &mut x2);
         }
     }
     b.prog.push(Op::LastRow { src: x });
     let mut cur = B::Tail;
     if let Some(f) = net.final_norm {
-        b.norm(f, cur, B::H, true);
+        b.norm(f, cur, B::H, true, false);
         cur = B::H;
     }
     if let Some(po) = net.project_out {
@@ -169,6 +219,9 @@ pub(super) fn lower(gpu: &Gpu, net: &Network, table: &ModuleTable, f16: bool) ->
     }
     let head = b.group(&[net.head.module], net.head.tied_to)?;
     b.linear(head, cur, B::Logits, false, true, Xform::None);
+    if let Some(cap) = net.logit_softcap {
+        b.prog.push(Op::Softcap { cap });
+    }
     let Builder {
         groups,
         embeds,
@@ -223,15 +276,22 @@ impl Builder<'_> {
         Ok(self.embeds.len() - 1)
     }
 
-    fn norm(&mut self, n: Norm, src: B, dst: B, tail: bool) {
+    /// A norm whose weights the kernels read from the aux buffer.
+    fn register_norm(&mut self, n: Norm) {
         if !self.norms.iter().any(|m| m.id == n.id) {
             self.norms.push(n);
         }
+    }
+
+    /// A norm dispatch of its own: `dst = norm(src)`, or `dst += norm(src)` with `accum`.
+    fn norm(&mut self, n: Norm, src: B, dst: B, tail: bool, accum: bool) {
+        self.register_norm(n);
         self.prog.push(Op::Norm {
             norm: n,
             src,
             dst,
             tail,
+            accum,
         });
     }
 
@@ -259,9 +319,7 @@ impl Builder<'_> {
 
     /// A norm folded into the linear dispatch that reads its output.
     fn fused_norm(&mut self, n: Norm) -> Xform {
-        if !self.norms.iter().any(|m| m.id == n.id) {
-            self.norms.push(n);
-        }
+        self.register_norm(n);
         Xform::Norm(n)
     }
 

@@ -80,6 +80,9 @@ struct AttentionOp {
     /// 0: no window.
     window: u32,
     scale: f32,
+    /// Per-head norms of q and k (weights in the aux buffer).
+    qk_norm: Option<(Norm, Norm)>,
+    softcap: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,12 +92,16 @@ enum Op {
         dst: B,
         accum: bool,
         positions: bool,
+        /// Multiplies the rows (Gemma).
+        scale: Option<f32>,
     },
     Norm {
         norm: Norm,
         src: B,
         dst: B,
         tail: bool,
+        /// Adds the result to `dst`.
+        accum: bool,
     },
     Linear {
         g: usize,
@@ -108,6 +115,10 @@ enum Op {
     Attention(AttentionOp),
     LastRow {
         src: B,
+    },
+    /// `cap · tanh(logits / cap)` in place on the logits.
+    Softcap {
+        cap: f32,
     },
 }
 
@@ -203,6 +214,8 @@ pub struct GpuModel {
     history: wgpu::Buffer,
     /// cos/sin per position, one table per RoPE of the network.
     ropes: Vec<wgpu::Buffer>,
+    /// Per RoPE: LongRoPE's switch position (its table holds the long set at rows `cap..`).
+    rope_long: Vec<Option<usize>>,
     dummy: wgpu::Buffer,
     readback: Option<(wgpu::Buffer, u64)>,
     /// Two 4-byte read-back buffers for the chosen ids of consecutive decode steps.
@@ -308,15 +321,26 @@ impl GpuModel {
         ] {
             acts.insert(k, zeroed("activations", chunk * w)?);
         }
-        // cos/sin per position, exactly as the CPU path computes them
+        // cos/sin per position, exactly as the CPU path computes them; LongRoPE's second
+        // set follows the first (rows cap..)
         let mut ropes = Vec::with_capacity(net.ropes.len());
         for r in &net.ropes {
-            let mut table = Vec::with_capacity(cap * r.inv_freq.len() * 2);
-            for p in 0..cap {
-                for f in &r.inv_freq {
-                    let (s, c) = (p as f32 * f).sin_cos();
-                    table.push(c);
-                    table.push(s);
+            let sets: Vec<&[f32]> = match &r.long {
+                Some(l) => vec![&r.inv_freq, &l.inv_freq],
+                None => vec![&r.inv_freq],
+            };
+            let mut table = Vec::with_capacity(sets.len() * cap * r.inv_freq.len() * 2);
+            for set in sets {
+                for p in 0..cap {
+                    for f in set {
+                        let (mut s, mut c) = (p as f32 * f).sin_cos();
+                        if r.attention_scaling != 1.0 {
+                            s *= r.attention_scaling;
+                            c *= r.attention_scaling;
+                        }
+                        table.push(c);
+                        table.push(s);
+                    }
                 }
             }
             ropes.push(storage_f32(gpu, "rope table", &table)?);
@@ -345,6 +369,11 @@ impl GpuModel {
             ids,
             history,
             ropes,
+            rope_long: net
+                .ropes
+                .iter()
+                .map(|r| r.long.as_ref().map(|l| l.after))
+                .collect(),
             dummy,
             readback: None,
             id_slots: [0, 1].map(|_| {

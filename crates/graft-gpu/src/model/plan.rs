@@ -155,6 +155,7 @@ impl GpuModel {
                     dst,
                     accum,
                     positions,
+                    scale,
                 } => {
                     let em = &self.embeds[*e];
                     let es = &self.estate[*e];
@@ -162,6 +163,9 @@ impl GpuModel {
                     let mut flags = 0;
                     if *accum {
                         flags |= E_ACCUM;
+                    }
+                    if scale.is_some() {
+                        flags |= E_SCALE;
                     }
                     if *positions {
                         flags |= E_POSITIONS;
@@ -180,6 +184,7 @@ impl GpuModel {
                             pos_offset: em.pos_offset,
                             row0: u32_of(*row0)?,
                             total_rows: u32_of(em.rows)?,
+                            scale: scale.unwrap_or(1.0),
                             ..Default::default()
                         };
                         let uoff = put(bytemuck::bytes_of(&p));
@@ -206,6 +211,7 @@ impl GpuModel {
                     src,
                     dst,
                     tail,
+                    accum,
                 } => {
                     let (w_off, b_off, has_b) =
                         self.norm_offs.get(&norm.id).copied().unwrap_or_default();
@@ -214,6 +220,9 @@ impl GpuModel {
                     let mut flags = if norm.kind == NormKind::Rms { N_RMS } else { 0 };
                     if has_b {
                         flags |= N_BIAS;
+                    }
+                    if *accum {
+                        flags |= N_ACCUM;
                     }
                     let p = NormParams {
                         n: u32_of(ne)?,
@@ -359,6 +368,25 @@ impl GpuModel {
                         scale: a.scale,
                         ..Default::default()
                     };
+                    let mut p = p;
+                    if let Some((qn, kn)) = a.qk_norm {
+                        p.flags |= R_QKNORM;
+                        p.qn_off = self.norm_offs.get(&qn.id).map_or(0, |o| o.0);
+                        p.kn_off = self.norm_offs.get(&kn.id).map_or(0, |o| o.0);
+                        // both norms of a layer share the model's epsilon
+                        p.eps = qn.eps as f32;
+                    }
+                    if let Some(c) = a.softcap {
+                        p.flags |= R_SOFTCAP;
+                        p.softcap = c;
+                    }
+                    if let Some(after) = a
+                        .rope
+                        .and_then(|r| self.rope_long.get(r).copied().flatten())
+                    {
+                        p.flags |= R_LONG;
+                        p.long_after = u32_of(after)?;
+                    }
                     let uoff = put(bytemuck::bytes_of(&p));
                     let (kc, vc) = &self.kv[a.layer];
                     let rope = a
@@ -376,8 +404,31 @@ impl GpuModel {
                             kc.clone(),
                             vc.clone(),
                             self.act(B::Att).clone(),
+                            self.aux.clone(),
                         ],
                         wg: (a.nh, n32, 1),
+                    });
+                }
+                Op::Softcap { cap } => {
+                    let rows = if last_only { 1 } else { n };
+                    let p = SoftcapParams {
+                        n: u32_of(rows)?,
+                        dim: u32_of(d.vocab)?,
+                        stride: u32_of(self.width(B::Logits))?,
+                        cap: *cap,
+                    };
+                    let uoff = put(bytemuck::bytes_of(&p));
+                    let kernel = Kernel::Softcap;
+                    step!(Pending {
+                        kernel,
+                        uoff,
+                        usize_: std::mem::size_of::<SoftcapParams>() as u64,
+                        bufs: vec![self.act(B::Logits).clone()],
+                        wg: (
+                            u32_of(d.vocab)?.div_ceil(kernel.workgroup_x()),
+                            u32_of(rows)?,
+                            1
+                        ),
                     });
                 }
                 Op::LastRow { src } => {
