@@ -259,7 +259,14 @@ fn ggml_type(t: u32) -> Option<QType> {
         1 => QType::F16,
         2 => QType::Q4_0,
         3 => QType::Q4_1,
+        6 => QType::Q5_0,
+        7 => QType::Q5_1,
         8 => QType::Q8_0,
+        10 => QType::Q2_K,
+        11 => QType::Q3_K,
+        12 => QType::Q4_K,
+        13 => QType::Q5_K,
+        14 => QType::Q6_K,
         30 => QType::BF16,
         _ => return None,
     })
@@ -376,14 +383,14 @@ impl Gguf {
             let t = r.u32(&name)?;
             let qtype = ggml_type(t).ok_or_else(|| {
                 bad(format!(
-                    "tensor type {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                    "tensor type {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
                     ggml_type_name(t)
                 ))
             })?;
             let bl = qtype.block_len() as u64;
             if dims[0] % bl != 0 {
                 return Err(bad(format!(
-                    "row length {} is not a multiple of the {bl}-value block",
+                    "row length {} is not a multiple of {qtype:?}'s {bl}-value block",
                     dims[0]
                 )));
             }
@@ -600,6 +607,40 @@ mod tests {
         assert_eq!(g.tensor_bytes(&b, &g.tensors[0]).len(), 68);
     }
 
+    /// Every GGML type graft reads, with its id and its bytes for a (512, 3) tensor (gguf-py's
+    /// GGML_QUANT_SIZES).
+    #[test]
+    fn ggml_type_ids_and_sizes() {
+        let types = [
+            (0, QType::F32, 4 * 1536),
+            (1, QType::F16, 2 * 1536),
+            (2, QType::Q4_0, 48 * 18),
+            (3, QType::Q4_1, 48 * 20),
+            (6, QType::Q5_0, 48 * 22),
+            (7, QType::Q5_1, 48 * 24),
+            (8, QType::Q8_0, 48 * 34),
+            (10, QType::Q2_K, 6 * 84),
+            (11, QType::Q3_K, 6 * 110),
+            (12, QType::Q4_K, 6 * 144),
+            (13, QType::Q5_K, 6 * 176),
+            (14, QType::Q6_K, 6 * 210),
+            (30, QType::BF16, 2 * 1536),
+        ];
+        for (id, q, bytes) in types {
+            let b = write(
+                &[],
+                &[RawTensor {
+                    name: "t".into(),
+                    dims: vec![512, 3],
+                    ggml_type: id,
+                    data: vec![0; bytes],
+                }],
+            );
+            let g = Gguf::parse(&b).unwrap();
+            assert_eq!((g.tensors[0].qtype, g.tensors[0].nbytes), (q, bytes as u64));
+        }
+    }
+
     #[test]
     fn every_truncation_is_an_error_never_a_panic() {
         let b = small();
@@ -631,13 +672,25 @@ mod tests {
             &[],
             &[RawTensor {
                 name: "t".into(),
+                dims: vec![256],
+                ggml_type: 15,
+                data: vec![0; 292],
+            }],
+        );
+        let e = Gguf::parse(&b).unwrap_err().to_string();
+        assert!(e.contains("Q8_K (type 15) is not supported"), "{e}");
+        // a K-quant row must be whole 256-value super-blocks
+        let b = write(
+            &[],
+            &[RawTensor {
+                name: "t".into(),
                 dims: vec![32],
                 ggml_type: 12,
                 data: vec![0; 32],
             }],
         );
         let e = Gguf::parse(&b).unwrap_err().to_string();
-        assert!(e.contains("Q4_K"), "{e}");
+        assert!(e.contains("Q4_K's 256-value block"), "{e}");
         let mut b = write(
             &[],
             &[RawTensor {
