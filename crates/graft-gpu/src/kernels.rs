@@ -29,18 +29,32 @@ pub enum Fmt {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
     Int8,
     Nf4,
 }
 
 impl Fmt {
-    pub const ALL: [Fmt; 8] = [
+    pub const ALL: [Fmt; 15] = [
         Fmt::F32,
         Fmt::F16,
         Fmt::Bf16,
         Fmt::Q8_0,
         Fmt::Q4_0,
         Fmt::Q4_1,
+        Fmt::Q5_0,
+        Fmt::Q5_1,
+        Fmt::Q2K,
+        Fmt::Q3K,
+        Fmt::Q4K,
+        Fmt::Q5K,
+        Fmt::Q6K,
         Fmt::Int8,
         Fmt::Nf4,
     ];
@@ -53,6 +67,13 @@ impl Fmt {
             Fmt::Q8_0 => include_str!("../shaders/formats/q8_0.wgsl"),
             Fmt::Q4_0 => include_str!("../shaders/formats/q4_0.wgsl"),
             Fmt::Q4_1 => include_str!("../shaders/formats/q4_1.wgsl"),
+            Fmt::Q5_0 => include_str!("../shaders/formats/q5_0.wgsl"),
+            Fmt::Q5_1 => include_str!("../shaders/formats/q5_1.wgsl"),
+            Fmt::Q2K => include_str!("../shaders/formats/q2_k.wgsl"),
+            Fmt::Q3K => include_str!("../shaders/formats/q3_k.wgsl"),
+            Fmt::Q4K => include_str!("../shaders/formats/q4_k.wgsl"),
+            Fmt::Q5K => include_str!("../shaders/formats/q5_k.wgsl"),
+            Fmt::Q6K => include_str!("../shaders/formats/q6_k.wgsl"),
             Fmt::Int8 => include_str!("../shaders/formats/int8.wgsl"),
             Fmt::Nf4 => include_str!("../shaders/formats/nf4.wgsl"),
         }

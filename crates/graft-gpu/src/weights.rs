@@ -1,6 +1,8 @@
 //! Weight matrices in the GPU layouts of `shaders/formats/`: GGML blocks are split into u32
 //! words of packed values and a separate scale array, so that every load is a whole aligned
 //! word (an 18- or 34-byte block is not) while the bytes per weight stay those of the file.
+//! Blocks that are whole words (Q5_1, Q2_K, Q4_K, Q5_K) are kept as they are; Q5_0, Q3_K and
+//! Q6_K (22, 110 and 210 bytes) move their f16 scale `d` into the scale array.
 
 use graft_quant::{QMatrix, QType};
 use wgpu::util::DeviceExt;
@@ -151,9 +153,51 @@ impl Packed {
                 };
                 (fmt, rw, rsw, cols / 8)
             }
-            // the K-quant and Q5 decoders are being added; until then, a clear refusal
-            #[allow(unreachable_patterns)]
-            other => return Err(Error::Unsupported(format!("{other:?} weights on the GPU"))),
+            QType::Q5_0
+            | QType::Q5_1
+            | QType::Q2_K
+            | QType::Q3_K
+            | QType::Q4_K
+            | QType::Q5_K
+            | QType::Q6_K => {
+                let (bl, bb) = (q.qtype.block_len(), q.qtype.block_bytes());
+                let blocks = cols / bl;
+                // (format, where the f16 d sits in a block that is not whole words)
+                let (fmt, d_at) = match q.qtype {
+                    QType::Q5_0 => (Fmt::Q5_0, Some(0)),
+                    QType::Q5_1 => (Fmt::Q5_1, None),
+                    QType::Q2_K => (Fmt::Q2K, None),
+                    QType::Q3_K => (Fmt::Q3K, Some(108)),
+                    QType::Q4_K => (Fmt::Q4K, None),
+                    QType::Q5_K => (Fmt::Q5K, None),
+                    _ => (Fmt::Q6K, Some(208)),
+                };
+                let mut scales16: Vec<u16> = Vec::new();
+                for r in 0..rows {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    let mut rs: Vec<u16> = Vec::with_capacity(blocks + 1);
+                    for b in row.chunks_exact(bb) {
+                        match d_at {
+                            Some(at) => {
+                                rs.push(u16::from_le_bytes([b[at], b[at + 1]]));
+                                wq.extend(words(&b[..at]));
+                                wq.extend(words(&b[at + 2..]));
+                            }
+                            None => wq.extend(words(b)),
+                        }
+                    }
+                    if rs.len() % 2 == 1 {
+                        rs.push(0); // rows keep whole words of scales
+                    }
+                    scales16.extend(rs);
+                }
+                ws = f16_pairs(&scales16);
+                let (rw, rsw) = match d_at {
+                    Some(_) => (blocks * (bb - 2) / 4, blocks.div_ceil(2)),
+                    None => (blocks * bb / 4, 0),
+                };
+                (fmt, rw, rsw, cols / 8)
+            }
         };
         if q.qtype == QType::F32 {
             wq = words(data);

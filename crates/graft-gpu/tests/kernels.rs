@@ -121,15 +121,64 @@ fn qtype(f: Fmt) -> QType {
         Fmt::Q8_0 => QType::Q8_0,
         Fmt::Q4_0 => QType::Q4_0,
         Fmt::Q4_1 => QType::Q4_1,
+        Fmt::Q5_0 => QType::Q5_0,
+        Fmt::Q5_1 => QType::Q5_1,
+        Fmt::Q2K => QType::Q2_K,
+        Fmt::Q3K => QType::Q3_K,
+        Fmt::Q4K => QType::Q4_K,
+        Fmt::Q5K => QType::Q5_K,
+        Fmt::Q6K => QType::Q6_K,
         Fmt::Int8 => QType::Int8,
         Fmt::Nf4 => QType::Nf4,
     }
 }
 
-/// `values` quantized to `fmt`, packed for the GPU, and the exact values it holds.
+/// Random valid blocks of a format graft reads from GGUF files but does not quantize into:
+/// random bytes (every quant and packed sub-block scale), with the f16 fields (d, dmin, m)
+/// finite: mostly model-like magnitudes of both signs, some zero, subnormal or large. Seeded by
+/// `values`, so that each call gives other blocks.
+fn random_blocks(q: QType, rows: usize, cols: usize, values: &[f32]) -> QMatrix {
+    let seed = values.iter().fold((rows * 31 + cols) as u64, |h, v| {
+        h.rotate_left(7) ^ u64::from(v.to_bits())
+    });
+    let mut rng = Rng::new(seed);
+    // byte offsets of a block's f16 fields (ggml-common.h)
+    let halves: &[usize] = match q {
+        QType::Q5_0 => &[0],
+        QType::Q5_1 | QType::Q4_K | QType::Q5_K => &[0, 2],
+        QType::Q2_K => &[80, 82],
+        QType::Q3_K => &[108],
+        QType::Q6_K => &[208],
+        other => panic!("{other:?} is quantized, not drawn"),
+    };
+    let bb = q.block_bytes();
+    let mut data: Vec<u8> = (0..rows * cols / q.block_len() * bb)
+        .map(|_| rng.next_u32() as u8)
+        .collect();
+    for blk in data.chunks_exact_mut(bb) {
+        for &at in halves {
+            let h = match rng.below(10) {
+                0 => 0x8000 * (rng.below(2) as u16), // ±0
+                1 => rng.below(0x400) as u16 | (0x8000 * rng.below(2) as u16), // subnormal
+                2 => 0x5000 + rng.below(0x400) as u16, // 32..64
+                _ => half::f16::from_f32(rng.unit() * 0.05).to_bits(),
+            };
+            blk[at..at + 2].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    QMatrix::from_raw(q, rows, cols, data, vec![])
+        .unwrap_or_else(|e| panic!("{q:?} {rows}x{cols}: {e}"))
+}
+
+/// `values` quantized to `fmt` (or, for the formats only read from GGUF files, random blocks),
+/// packed for the GPU, and the exact values it holds.
 fn pack(fmt: Fmt, rows: usize, cols: usize, values: &[f32]) -> (Packed, Vec<f32>) {
-    let q = QMatrix::quantize(qtype(fmt), rows, cols, values)
-        .unwrap_or_else(|e| panic!("quantize {fmt:?} {rows}x{cols}: {e}"));
+    let q = if qtype(fmt).can_quantize() {
+        QMatrix::quantize(qtype(fmt), rows, cols, values)
+            .unwrap_or_else(|e| panic!("quantize {fmt:?} {rows}x{cols}: {e}"))
+    } else {
+        random_blocks(qtype(fmt), rows, cols, values)
+    };
     let p = Packed::from_qmatrix(&q).unwrap_or_else(|e| panic!("pack {fmt:?}: {e}"));
     assert_eq!(p.fmt, fmt);
     (p, q.dequantize())
@@ -207,7 +256,8 @@ fn linear_shapes(fmt: Fmt) -> Vec<(usize, usize, usize)> {
         (3, 1),
     ];
     let cols: &[usize] = match fmt {
-        Fmt::Q8_0 | Fmt::Q4_0 | Fmt::Q4_1 => &[32, 96, 576],
+        Fmt::Q8_0 | Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q5_1 => &[32, 96, 576],
+        Fmt::Q2K | Fmt::Q3K | Fmt::Q4K | Fmt::Q5K | Fmt::Q6K => &[256, 512, 768],
         Fmt::Nf4 => &[8, 64, 96, 5, 13, 37, 100],
         _ => &[1, 5, 13, 37, 64, 100, 576],
     };
@@ -510,6 +560,9 @@ fn linear_input_transforms() {
         (Fmt::F16, 33, 100),
         (Fmt::Q8_0, 17, 96),
         (Fmt::Q4_1, 5, 576),
+        (Fmt::Q5_0, 3, 96),
+        (Fmt::Q4K, 5, 512),
+        (Fmt::Q6K, 3, 256),
         (Fmt::Int8, 8, 257),
         (Fmt::Nf4, 7, 13),
     ];
@@ -653,7 +706,8 @@ fn embed_every_format_with_lora_positions_accum_and_split_tables() {
     let mut rng = Rng::new(3);
     for fmt in Fmt::ALL {
         let shapes: &[(usize, usize)] = match fmt {
-            Fmt::Q8_0 | Fmt::Q4_0 | Fmt::Q4_1 => &[(37, 64), (5, 96)],
+            Fmt::Q8_0 | Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q5_1 => &[(37, 64), (5, 96)],
+            Fmt::Q2K | Fmt::Q3K | Fmt::Q4K | Fmt::Q5K | Fmt::Q6K => &[(37, 256), (5, 512)],
             // 37·13 = 481: NF4's last block is partial
             _ => &[(37, 13), (50, 64), (9, 1)],
         };
@@ -764,7 +818,8 @@ fn embed_every_format_with_lora_positions_accum_and_split_tables() {
                         );
                     }
                     let got = floats(&out[0], y0.len());
-                    // a lookup is exact but for Q4_1's q·d + m (which a GPU may fuse); elements
+                    // a lookup decodes as the CPU does (the products are exact and at most the
+                    // final + m or − dmin·m rounds, fused or not); elements
                     // outside the rows written must be unchanged (mag 0, tolerance 0)
                     check(&ctx, &got, &want, &mag, 1e-6, 0.0);
                 }
