@@ -1,9 +1,10 @@
 //! graft-text: tokenizers and chat templates, built the way transformers builds them.
 //!
 //! - From `tokenizer.json` (+ `tokenizer_config.json` for the chat template and special tokens).
-//! - From GGUF metadata (`tokenizer.ggml.*`): the vocabulary, merges and special tokens become a
-//!   `tokenizer.json` document for the `tokenizers` crate, with the pre-tokenizer that
-//!   transformers' GGUF converter picks for `tokenizer.ggml.pre`.
+//! - From GGUF metadata (`tokenizer.ggml.*`): the vocabulary, merges (or scores) and special
+//!   tokens become a `tokenizer.json` document for the `tokenizers` crate, as transformers'
+//!   GGUF converter builds it: byte-level BPE with the split `tokenizer.ggml.pre` names, or
+//!   sentencepiece BPE with byte fallback (Gemma's or Llama's); see the `gguf` module.
 //! - Chat templates are Jinja, rendered by minijinja with transformers' settings
 //!   (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python string methods).
 
@@ -13,6 +14,8 @@
 )]
 
 use std::path::Path;
+
+mod gguf;
 
 use serde_json::{json, Map, Value};
 
@@ -81,35 +84,8 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn terr(e: impl std::fmt::Display) -> Error {
+pub(crate) fn terr(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
-}
-
-/// GPT-2's byte-level pre-tokenizer (what `tokenizer.ggml.pre` = `gpt2`/`default` means).
-fn byte_level(use_regex: bool) -> Value {
-    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-}
-
-/// The pre-tokenizer for a GGUF `tokenizer.ggml.pre` value, as transformers / llama.cpp define it.
-fn pre_tokenizer_for(pre: &str) -> Result<Value> {
-    Ok(match pre {
-        "gpt2" | "default" | "" => byte_level(true),
-        // SmolLM: every digit on its own, then GPT-2's byte-level split.
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            byte_level(true),
-        ]}),
-        // Llama 3.
-        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
-            byte_level(false),
-        ]}),
-        other => {
-            return Err(Error::Unsupported(format!(
-            "GGUF tokenizer pre-type `{other}` is not supported yet (gpt2, smollm, llama-bpe are)"
-        )))
-        }
-    })
 }
 
 fn get_u32(meta: &Map<String, Value>, key: &str) -> Option<u32> {
@@ -119,69 +95,18 @@ fn get_u32(meta: &Map<String, Value>, key: &str) -> Option<u32> {
 }
 
 impl Tokenizer {
-    /// From GGUF metadata (the `tokenizer.*` keys as a JSON object).
+    /// From GGUF metadata: the `tokenizer.*` keys, and `general.architecture` (which picks
+    /// Gemma's sentencepiece variant), as a JSON object. Built as transformers' GGUF converter
+    /// builds it (see the `gguf` module).
     pub fn from_gguf_metadata(meta: &Map<String, Value>) -> Result<Self> {
-        let model = meta
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "GGUF tokenizer model `{model}` is not supported yet (gpt2-style BPE is)"
-            )));
-        }
-        let tokens = meta
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .ok_or_else(|| terr("GGUF has no tokenizer.ggml.tokens"))?;
-        let merges = meta
-            .get("tokenizer.ggml.merges")
-            .and_then(Value::as_array)
-            .ok_or_else(|| terr("GGUF has no tokenizer.ggml.merges"))?;
-        let types = meta
-            .get("tokenizer.ggml.token_type")
-            .and_then(Value::as_array);
-        let pre = meta
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let mut vocab = Map::new();
-        let mut added = Vec::new();
-        for (i, t) in tokens.iter().enumerate() {
-            let s = t
-                .as_str()
-                .ok_or_else(|| terr(format!("token {i} is not a string")))?;
-            vocab.insert(s.to_string(), json!(i));
-            // 3 = control, 4 = user-defined: matched as whole tokens before BPE.
-            let ty = types
-                .and_then(|a| a.get(i))
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            if ty == 3 || ty == 4 {
-                added.push(
-                    json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}),
-                );
-            }
-        }
-        let doc = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer_for(pre)?,
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
-                "vocab": vocab, "merges": merges},
-        });
-        let inner = tokenizers::Tokenizer::from_bytes(doc.to_string().as_bytes()).map_err(terr)?;
+        let built = gguf::document(meta)?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(built.doc.to_string().as_bytes()).map_err(terr)?;
         let bos_id = get_u32(meta, "tokenizer.ggml.bos_token_id");
         let eos_id = get_u32(meta, "tokenizer.ggml.eos_token_id");
+        let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
         let name = |id: Option<u32>| {
-            id.and_then(|i| tokens.get(i as usize))
+            id.and_then(|i| tokens?.get(i as usize))
                 .and_then(Value::as_str)
                 .map(String::from)
         };
@@ -191,10 +116,7 @@ impl Tokenizer {
             inner,
             bos_id,
             eos_id,
-            add_bos: meta
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            add_bos: built.add_bos,
             chat_template: meta
                 .get("tokenizer.chat_template")
                 .and_then(Value::as_str)
@@ -374,10 +296,17 @@ mod tests {
             Tokenizer::from_gguf_metadata(&m),
             Err(Error::Unsupported(_))
         ));
-        m.insert("tokenizer.ggml.model".into(), json!("llama"));
+        m.insert("tokenizer.ggml.model".into(), json!("t5"));
         assert!(matches!(
             Tokenizer::from_gguf_metadata(&m),
             Err(Error::Unsupported(_))
+        ));
+        // Sentencepiece needs merges or scores to rebuild them from.
+        m.insert("tokenizer.ggml.model".into(), json!("llama"));
+        m.remove("tokenizer.ggml.merges");
+        assert!(matches!(
+            Tokenizer::from_gguf_metadata(&m),
+            Err(Error::Tokenizer(_))
         ));
     }
 }
