@@ -10,7 +10,7 @@ pub use graft_hub::{Hub, HubOptions, Repo, RepoType};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    default_model_path, local_base, named_base, LoadAdapterOptions, Model, OpenOptions,
+    known_model, local_base, local_known_model, named_base, LoadAdapterOptions, Model, OpenOptions,
 };
 
 /// What a model argument resolved to: the base (a folder or a GGUF file) and, when the
@@ -55,9 +55,10 @@ pub fn resolve_base(
     gguf_file: Option<&str>,
 ) -> Result<PathBuf> {
     let base = named_base(adapter_dir, base)?;
-    // A GGUF file asked for by name comes from the repository, not the embedded stand-in.
+    // A GGUF file asked for by name comes from the repository, not the local stand-in.
     if let Some(p) = local_base(adapter_dir, base) {
-        if gguf_file.is_none() || p != default_model_path() {
+        let stand_in = known_model(base).is_some_and(|k| k.path() == p);
+        if gguf_file.is_none() || !stand_in {
             return Ok(p);
         }
     }
@@ -71,15 +72,35 @@ pub fn resolve_base(
     Ok(hub.fetch_model(&repo, gguf_file)?)
 }
 
+/// The local GGUF of a [`crate::model::KnownModel`] that a model argument names by its Hub id,
+/// when it is there. A revision or a GGUF file asked for by name means the repository itself,
+/// so neither is answered by the stand-in; nor is an id that is also an existing local path.
+pub fn stand_in(spec: &str, revision: Option<&str>, gguf_file: Option<&str>) -> Option<PathBuf> {
+    if revision.is_some() || gguf_file.is_some() || Path::new(spec).exists() {
+        return None;
+    }
+    match graft_hub::repo::split_revision(spec) {
+        (id, None) => local_known_model(id),
+        (_, Some(_)) => None,
+    }
+}
+
 /// Resolves a model argument (local path or repo id, optionally `@revision`). A repository or
 /// folder holding `adapter_config.json` is an adapter: its base comes from
-/// `base_model_name_or_path`.
+/// `base_model_name_or_path`. The Hub id of a known model whose GGUF has been fetched into
+/// `models/` resolves to that file ([`stand_in`]).
 pub fn resolve(
     hub: &Hub,
     spec: &str,
     revision: Option<&str>,
     gguf_file: Option<&str>,
 ) -> Result<Resolved> {
+    if let Some(base) = stand_in(spec, revision, gguf_file) {
+        return Ok(Resolved {
+            base,
+            adapter: None,
+        });
+    }
     let adapter = match local_or_repo(spec, revision)? {
         Ok(path) if is_adapter_dir(&path) => path,
         Ok(path) => {

