@@ -77,12 +77,15 @@ pub(crate) fn dequantize_block(qtype: QType, blk: &[u8], out: &mut [f32]) {
             let qs = &blk[16..80];
             let d = f16_at(blk, 80);
             let dmin = f16_at(blk, 82);
-            for (e, o) in out.iter_mut().enumerate().take(256) {
-                let (h, s, l, j) = (e / 128, (e % 128) / 32, e % 32, e / 16);
-                let q = (qs[32 * h + l] >> (2 * s)) & 3;
+            // loops by sub-block (not by element) so that the inner one vectorises
+            for j in 0..16 {
+                let (h, s, l0) = (j / 8, (j / 2) % 4, 16 * (j % 2));
                 let dl = d * f32::from(sc[j] & 0x0f);
                 let ml = dmin * f32::from(sc[j] >> 4);
-                *o = dl * f32::from(q) - ml;
+                let q = &qs[32 * h + l0..32 * h + l0 + 16];
+                for (o, q) in out[16 * j..16 * j + 16].iter_mut().zip(q) {
+                    *o = dl * f32::from((q >> (2 * s)) & 3) - ml;
+                }
             }
         }
         // hmask[32] (bit e/32 of byte e%32: the high bit of element e, *set* meaning no −4),
@@ -93,14 +96,15 @@ pub(crate) fn dequantize_block(qtype: QType, blk: &[u8], out: &mut [f32]) {
             let sc = &blk[96..108];
             let d = f16_at(blk, 108);
             for j in 0..16 {
+                // sub-block j: half h, bit pair s, bytes l0..l0 + 16; its high bits are bit j/2
+                let (h, s, l0) = (j / 8, (j / 2) % 4, 16 * (j % 2));
                 let dl = d * scale_q3k(j, sc) as f32;
-                for (k, o) in out[16 * j..16 * j + 16].iter_mut().enumerate() {
-                    let e = 16 * j + k;
-                    let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
-                    let low = i32::from((qs[32 * h + l] >> (2 * s)) & 3);
-                    let hb = (hmask[l] >> (e / 32)) & 1;
-                    let q = low - if hb == 0 { 4 } else { 0 };
-                    *o = dl * q as f32;
+                let q = &qs[32 * h + l0..32 * h + l0 + 16];
+                let m = &hmask[l0..l0 + 16];
+                for ((o, q), m) in out[16 * j..16 * j + 16].iter_mut().zip(q).zip(m) {
+                    let low = i32::from((q >> (2 * s)) & 3);
+                    let hb = i32::from((m >> (j / 2)) & 1);
+                    *o = dl * (low - 4 + 4 * hb) as f32;
                 }
             }
         }
@@ -155,12 +159,18 @@ pub(crate) fn dequantize_block(qtype: QType, blk: &[u8], out: &mut [f32]) {
             let qh = &blk[128..192];
             let sc = &blk[192..208];
             let d = f16_at(blk, 208);
-            for (e, o) in out.iter_mut().enumerate().take(256) {
-                let (h, r) = (e / 128, e % 128);
-                let lo = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
-                let hi = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
-                let q = i32::from(lo | (hi << 4)) - 32;
-                *o = (d * f32::from(sc[e / 16] as i8)) * q as f32;
+            // by sub-block of 16 (r0 = its first element within half h), so that the inner
+            // loop vectorises
+            for j in 0..16 {
+                let (h, r0) = (j / 8, 16 * (j % 8));
+                let dl = d * f32::from(sc[j] as i8);
+                let ql = &ql[64 * h + r0 % 64..64 * h + r0 % 64 + 16];
+                let qh = &qh[32 * h + r0 % 32..32 * h + r0 % 32 + 16];
+                let (ls, hs) = (4 * (r0 / 64), 2 * (r0 / 32));
+                for ((o, l), hb) in out[16 * j..16 * j + 16].iter_mut().zip(ql).zip(qh) {
+                    let q = i32::from(((l >> ls) & 0x0f) | (((hb >> hs) & 3) << 4)) - 32;
+                    *o = dl * q as f32;
+                }
             }
         }
         _ => {}

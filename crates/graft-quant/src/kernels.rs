@@ -6,9 +6,10 @@
 //! decoded and dotted in one pass; for more tokens a row is decoded once into a small buffer and
 //! reused for every token. Rows are split across threads (rayon), and on x86-64 the same code is
 //! compiled a second time with AVX2+FMA and picked at run time, so the binary stays portable.
-//! Q8_0, Q4_0, Q4_1, Q5_0, Q4_K and Q6_K (the formats of Q4_0/Q4_1/Q8_0 and Q4_K_M files) have
-//! hand-written AVX2 row dots; the other block formats decode a block at a time into a buffer on
-//! the stack and dot it (the portable path of every format, and the only one on wasm32).
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K (every format of Q4_0/Q4_1/Q8_0, Q4_K_M and
+//! Q5_K_M files) have hand-written AVX2 row dots; Q2_K and Q3_K, like every format on the
+//! portable path (the only one on wasm32), decode a block at a time into a buffer on the stack
+//! and dot it.
 
 use rayon::prelude::*;
 
@@ -293,32 +294,40 @@ mod avx2 {
         _mm_and_si128(set, _mm_set1_epi8(16))
     }
 
-    /// Q5_0 rows: value d·(q − 16), q = nibble | fifth bit << 4.
+    /// Q5_0 (`skip` 2: value d·(q − 16)) and Q5_1 (`skip` 4: value d·q + m) rows, q = nibble |
+    /// fifth bit << 4; the −16·d or m offsets are carried by the per-block sums of x.
     ///
     /// # Safety
-    /// As [`q4_dot`], with 22-byte blocks.
+    /// As [`q4_dot`], with 22-byte (Q5_0) or 24-byte (Q5_1) blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5_0_dot(row: &[u8], x: &[f32]) -> f32 {
+    pub unsafe fn q5_dot(row: &[u8], skip: usize, x: &[f32], xsum: &[f32]) -> f32 {
         let mask = _mm_set1_epi8(0x0f);
-        let sixteen = _mm_set1_epi8(16);
         let mut acc = _mm256_setzero_ps();
-        for (blk, xs) in row.chunks_exact(22).zip(x.chunks_exact(32)) {
+        let mut offset = 0f32;
+        for ((blk, xs), &xsb) in row
+            .chunks_exact(skip + 20)
+            .zip(x.chunks_exact(32))
+            .zip(xsum)
+        {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let d = super::f16_at(blk, 0);
-            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-            let q = load16(&blk[6..22]);
+            let m = if skip == 4 {
+                super::f16_at(blk, 2)
+            } else {
+                -16.0 * d
+            };
+            let qh = u32::from_le_bytes([blk[skip], blk[skip + 1], blk[skip + 2], blk[skip + 3]]);
+            let q = load16(&blk[skip + 4..]);
             let lo = _mm_or_si128(_mm_and_si128(q, mask), bit16_bytes(qh & 0xffff));
             let hi = _mm_or_si128(
                 _mm_and_si128(_mm_srli_epi16(q, 4), mask),
                 bit16_bytes(qh >> 16),
             );
-            let s = _mm256_add_ps(
-                dot16_i8(_mm_sub_epi8(lo, sixteen), &xs[..16]),
-                dot16_i8(_mm_sub_epi8(hi, sixteen), &xs[16..]),
-            );
+            let s = _mm256_add_ps(dot16_u8(lo, &xs[..16]), dot16_u8(hi, &xs[16..]));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            offset = m.mul_add(xsb, offset);
         }
-        hsum(acc)
+        hsum(acc) + offset
     }
 
     /// Q4_K rows: per 32-value sub-block, (d·sc)·Σq·x in the vector accumulator and the min
@@ -354,6 +363,57 @@ mod avx2 {
                 ];
                 for (t, (a, b)) in halves.into_iter().enumerate() {
                     let j = 2 * c + t;
+                    let (s, m) = crate::blocks::scale_min_k4(j, sc);
+                    let xj = &xs[32 * j..32 * j + 32];
+                    let sum = _mm256_add_ps(dot16_u8(a, xj), dot16_u8(b, &xj[16..]));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * f32::from(s)), sum, acc);
+                    mins = (dmin * f32::from(m)).mul_add(xsb[j], mins);
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+
+    /// Q5_K rows: as [`q4k_dot`], with the fifth bits from qh (bit j of byte l for element
+    /// 32j + l).
+    ///
+    /// # Safety
+    /// As [`q4_dot`], with 176-byte blocks of 256 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5k_dot(row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0f);
+        let one = _mm_set1_epi8(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for ((blk, xs), xsb) in row
+            .chunks_exact(176)
+            .zip(x.chunks_exact(256))
+            .zip(xsum.chunks_exact(8))
+        {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            let dm = scales(blk);
+            let d = _mm_cvtss_f32(dm);
+            let dmin = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
+            let sc = &blk[4..16];
+            let (h0, h1) = (load16(&blk[16..]), load16(&blk[32..]));
+            for c in 0..4 {
+                let q0 = load16(&blk[48 + 32 * c..]);
+                let q1 = load16(&blk[64 + 32 * c..]);
+                let halves = [
+                    (_mm_and_si128(q0, mask), _mm_and_si128(q1, mask)),
+                    (
+                        _mm_and_si128(_mm_srli_epi16(q0, 4), mask),
+                        _mm_and_si128(_mm_srli_epi16(q1, 4), mask),
+                    ),
+                ];
+                for (t, (a, b)) in halves.into_iter().enumerate() {
+                    let j = 2 * c + t;
+                    // bit j of each qh byte, moved to bit 4
+                    let sh = _mm_cvtsi32_si128(j as i32);
+                    let fifth =
+                        |h: __m128i| _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, sh), one), 4);
+                    let a = _mm_or_si128(a, fifth(h0));
+                    let b = _mm_or_si128(b, fifth(h1));
                     let (s, m) = crate::blocks::scale_min_k4(j, sc);
                     let xj = &xs[32 * j..32 * j + 32];
                     let sum = _mm256_add_ps(dot16_u8(a, xj), dot16_u8(b, &xj[16..]));
@@ -515,8 +575,10 @@ fn fused_row_dot_fast(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 
                 QType::Q8_0 => avx2::q8_dot(row, x),
                 QType::Q4_0 => avx2::q4_dot(row, 18, 2, x, xsum),
                 QType::Q4_1 => avx2::q4_dot(row, 20, 4, x, xsum),
-                QType::Q5_0 => avx2::q5_0_dot(row, x),
+                QType::Q5_0 => avx2::q5_dot(row, 2, x, xsum),
+                QType::Q5_1 => avx2::q5_dot(row, 4, x, xsum),
                 QType::Q4_K => avx2::q4k_dot(row, x, xsum),
+                QType::Q5_K => avx2::q5k_dot(row, x, xsum),
                 QType::Q6_K => avx2::q6k_dot(row, x),
                 // decode-and-dot, compiled here with AVX2+FMA enabled (inlined into rows_avx2)
                 _ => fused_row_dot::<true>(qtype, row, x, xsum),

@@ -297,3 +297,43 @@ fn rows_that_are_not_whole_blocks_and_quantizing_are_errors() {
         );
     }
 }
+
+/// Not a correctness test: one thread's mat-vec speed, portable against dispatched, per format
+/// (`cargo test --release -p graft-quant kquant_speed -- --ignored --nocapture`).
+#[test]
+#[ignore = "timing probe, run by hand"]
+fn kquant_speed() {
+    let mut rng = Rng(3);
+    let (nrows, cols) = (1536, 1536);
+    let x: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+    let xsum: Vec<f32> = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
+    let w: Vec<f32> = (0..nrows * cols).map(|_| rng.unit()).collect();
+    let mut formats: Vec<QMatrix> = [QType::Q8_0, QType::Q4_0, QType::Q4_1]
+        .iter()
+        .map(|&q| QMatrix::quantize(q, nrows, cols, &w).unwrap())
+        .collect();
+    formats.extend(
+        NEW.iter()
+            .map(|&q| random_matrix(q, nrows, cols / q.block_len(), &mut rng)),
+    );
+    for m in &formats {
+        let mut out = vec![0f32; nrows];
+        let mut time = |portable: bool| {
+            let iters = 100;
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                if portable {
+                    rows_generic::<false>(m, &x, &xsum, 1, 0, &mut out);
+                } else {
+                    rows(m, &x, &xsum, 1, 0, &mut out);
+                }
+            }
+            (nrows * cols * iters) as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let (p, d) = (time(true), time(false));
+        println!(
+            "{:?}: portable {p:.2}, dispatched {d:.2} GMAC/s per thread",
+            m.qtype
+        );
+    }
+}
