@@ -129,6 +129,7 @@ pub fn weights(
     file: &GgufFile,
     hf_name: impl Fn(&str) -> Option<String>,
     permuted_heads: impl Fn(&str) -> Option<usize>,
+    norm_shift: impl Fn(&str) -> f32,
 ) -> Result<WeightStore> {
     let mut map = HashMap::new();
     let mut unknown = Vec::new();
@@ -137,10 +138,25 @@ pub fn weights(
             unknown.push(t.name.clone());
             continue;
         };
+        // an empty name: a tensor the configuration was read from
+        if name.is_empty() {
+            continue;
+        }
         let permute = permuted_heads(&name);
-        map.insert(name, weight_of(file, t, permute)?);
+        let mut w = weight_of(file, t, permute)?;
+        let shift = norm_shift(&name);
+        if shift != 0.0 {
+            w = match w {
+                Weight::Dense(t) => Weight::Dense((t - f64::from(shift))?),
+                Weight::Quant(_) => {
+                    return Err(Error::Gguf(format!(
+                        "norm tensor `{name}` is quantized; graft reads norms stored as floats"
+                    )))
+                }
+            };
+        }
+        map.insert(name, w);
     }
-    // Fail closed: a tensor we do not map (e.g. llama 3's rope_freqs) would change the numbers.
     if !unknown.is_empty() {
         return Err(Error::Gguf(format!(
             "tensors graft does not know how to use: {unknown:?}"

@@ -15,8 +15,8 @@ use graft_cpu::attention::{rope_in_place, KvCache};
 use graft_gpu::kernels::{
     ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams, NormParams,
     Seg, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE,
-    F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS, R_ROPE, S_GUMBEL, TN_DECODE, TN_PREFILL,
-    X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS, X_SILU_MUL,
+    F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS, R_QKNORM, R_ROPE, R_SOFTCAP, S_GUMBEL,
+    TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS, X_SILU_MUL,
 };
 use graft_gpu::ops::{Input, Ops};
 use graft_gpu::weights::Packed;
@@ -915,6 +915,21 @@ struct AttnCase {
     window: usize,
     pad: usize,
     steps: &'static [usize],
+    /// Gemma 2's soft-capping of the scores.
+    softcap: Option<f32>,
+    /// Per-head RMSNorms of q and k before the rotation (Qwen3, Gemma 3).
+    qk_norm: bool,
+}
+
+/// RMSNorm over each `hd`-wide head of `x` with weights `w`, as the CPU forward does.
+fn head_rms(x: &mut [f32], hd: usize, w: &[f32], eps: f32) {
+    for h in x.chunks_mut(hd) {
+        let ms = h.iter().map(|v| v * v).sum::<f32>() / hd as f32;
+        let r = (ms + eps).sqrt();
+        for (v, wi) in h.iter_mut().zip(w) {
+            *v = *v / r * wi;
+        }
+    }
 }
 
 fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
@@ -944,6 +959,9 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
     let (q_w, kv_w) = (nh * hd, nkv * hd);
     let out_stride = nh * hd + c.pad;
     let scale = 1.0 / (hd as f32).sqrt();
+    // the q and k norms' weights, as the model's aux buffer holds them
+    let aux: Vec<f32> = (0..2 * hd).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+    let eps = 1e-6f32;
     let mut len = 0usize;
     for (step, &m) in c.steps.iter().enumerate() {
         let ctx = format!(
@@ -963,6 +981,10 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             k.extend_from_slice(&row[q_w..q_w + kv_w]);
             v.extend_from_slice(&row[q_w + kv_w..q_w + 2 * kv_w]);
         }
+        if c.qk_norm {
+            head_rms(&mut q, hd, &aux[..hd], eps);
+            head_rms(&mut k, hd, &aux[hd..], eps);
+        }
         if c.rope {
             rope_in_place(&mut q, m, nh, hd, len, &inv_freq);
             rope_in_place(&mut k, m, nkv, hd, len, &inv_freq);
@@ -972,7 +994,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
         let layer = cache.layer(0, nkv, hd);
         layer.append(len, m, &k, &v);
         let window = (c.window > 0).then_some(c.window);
-        let want_out = layer.attend(&q, m, nh, len + m, scale, window);
+        let want_out = layer.attend_capped(&q, m, nh, len + m, scale, window, c.softcap);
         let p = AttentionParams {
             n: m as u32,
             nh: nh as u32,
@@ -984,9 +1006,15 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             v_off: (q_w + kv_w) as u32,
             out_stride: out_stride as u32,
             window: c.window as u32,
-            flags: if c.rope { R_ROPE } else { 0 },
+            flags: if c.rope { R_ROPE } else { 0 }
+                | if c.qk_norm { R_QKNORM } else { 0 }
+                | if c.softcap.is_some() { R_SOFTCAP } else { 0 },
             cap: cap as u32,
             scale,
+            softcap: c.softcap.unwrap_or(0.0),
+            qn_off: 0,
+            kn_off: hd as u32,
+            eps,
             ..Default::default()
         };
         let out0 = vec![f32::NAN; m * out_stride];
@@ -1001,6 +1029,7 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
                 Input::Buffer(&kc),
                 Input::Buffer(&vc),
                 Input::F32(&out0),
+                Input::F32(&aux),
             ],
             (nh as u32, m as u32, 1),
             &[4, 5, 6],
@@ -1084,12 +1113,26 @@ fn attention_case(ops: &Ops, rng: &mut Rng, c: &AttnCase) {
             Input::Buffer(&kc),
             Input::Buffer(&vc),
             Input::F32(&vec![0f32; 2 * out_stride]),
+            Input::F32(&[0f32; 4]),
         ],
         (nh as u32, 2, 1),
         &[4, 5],
         &ctx,
     );
-    assert!(floats(&got[0], kv_len) == want_kc, "{ctx}: k cache");
+    if c.qk_norm {
+        // normalised keys: x·(1/r)·w on the GPU, x/r·w on the CPU
+        let kc = floats(&got[0], kv_len);
+        check(
+            &format!("{ctx}: k cache"),
+            &kc,
+            &want_kc.iter().map(|x| *x as f64).collect::<Vec<_>>(),
+            &vec![1f64; kv_len],
+            1e-5,
+            0.0,
+        );
+    } else {
+        assert!(floats(&got[0], kv_len) == want_kc, "{ctx}: k cache");
+    }
     assert!(floats(&got[1], kv_len) == want_vc, "{ctx}: v cache");
 }
 
@@ -1114,6 +1157,8 @@ fn attention_with_rope_and_cache_write_prefill_then_decode() {
                             window,
                             pad: [0, 3][i % 2],
                             steps: &[5, 1, 1, 1],
+                            softcap: [None, Some(1.5)][(i / 2) % 2],
+                            qk_norm: i % 3 == 1,
                         },
                     );
                     i += 1;
@@ -1135,6 +1180,8 @@ fn attention_with_rope_and_cache_write_prefill_then_decode() {
                 window,
                 pad: 1,
                 steps: &[70, 60, 1, 1],
+                softcap: None,
+                qk_norm: false,
             },
         );
     }
@@ -1152,6 +1199,8 @@ fn attention_with_rope_and_cache_write_prefill_then_decode() {
                 window,
                 pad: 2,
                 steps: &[6, 1, 1],
+                softcap: Some(4.0),
+                qk_norm: true,
             },
         );
     }

@@ -5,16 +5,18 @@
 //! attention scores and the logits, Gemma 3 normalises q and k per head and gives its sliding
 //! layers a RoPE of their own.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::decoder::{
     self, read_act, read_dropout, read_eps, read_heads, read_layer_types, Decoder,
 };
-use super::Architecture;
+use super::gguf_names::{self, Meta};
+use super::{Architecture, GgufSupport};
 use crate::config::{
     finite, no_effect, null_or_false, only, read, show, ConfigReader, Key, Source, Understood,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
 use crate::rope::{self, Rope, RopeOptions, RopeParams, RopeScaling};
 use crate::table::ModuleTable;
@@ -330,9 +332,119 @@ fn gemma3_ropes(
     }
 }
 
+/// The `config.json` equivalent of a `gemma2` / `gemma3` GGUF, as llama.cpp reads it: the
+/// sliding layers by its pattern (Gemma 2: every other, from layer 0; Gemma 3: five of six, or
+/// `attention.sliding_window_pattern`), the local RoPE base `rope.freq_base_swa` (default
+/// 10000), and queries scaled by head_dim^-½ (Gemma 3 27B: (hidden/heads)^-½).
+pub fn gguf_config(file: &GgufFile) -> Result<Value> {
+    let m = Meta::new(&file.header)?;
+    let gemma3 = m.arch == "gemma3";
+    let mut cfg = m.common(if gemma3 { "gemma3_text" } else { "gemma2" })?;
+    let layers = m.u("block_count")? as usize;
+    let (hidden, heads) = (m.u("embedding_length")?, m.u("attention.head_count")?);
+    let head_dim = cfg.get("head_dim").and_then(Value::as_u64).unwrap_or(0);
+    cfg.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+    let qpas = if gemma3 && layers == 62 {
+        hidden / heads
+    } else {
+        head_dim
+    };
+    cfg.insert("query_pre_attn_scalar".into(), json!(qpas));
+    let window = m.opt_u("attention.sliding_window").filter(|w| *w > 0);
+    let pattern_key = m.key("attention.sliding_window_pattern");
+    let sliding: Vec<bool> = match (window, file.header.get(&pattern_key)) {
+        (None, _) => vec![false; layers],
+        (Some(_), Some(crate::gguf::Value::Array(a))) => {
+            let v: Option<Vec<bool>> = a
+                .iter()
+                .map(|b| match b {
+                    crate::gguf::Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect();
+            match v {
+                Some(v) if v.len() == layers => v,
+                _ => {
+                    return Err(Error::Gguf(format!(
+                        "`{pattern_key}` must be {layers} booleans"
+                    )))
+                }
+            }
+        }
+        (Some(_), Some(v)) => {
+            let n = v
+                .as_u64()
+                .ok_or_else(|| Error::Gguf(format!("`{pattern_key}` must be a number")))?
+                as usize;
+            (0..layers).map(|i| n == 0 || i % n < n - 1).collect()
+        }
+        (Some(_), None) => {
+            let n = if gemma3 { 6 } else { 2 };
+            (0..layers).map(|i| i % n < n - 1).collect()
+        }
+    };
+    cfg.insert("sliding_window".into(), json!(window.unwrap_or(4096)));
+    let types: Vec<&str> = sliding
+        .iter()
+        .map(|s| {
+            if *s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    cfg.insert("layer_types".into(), json!(types));
+    let soft = |k: &str| -> Value {
+        m.opt_f(k)
+            .filter(|c| *c > 0.0)
+            .map_or(Value::Null, |c| json!(c))
+    };
+    cfg.insert(
+        "attn_logit_softcapping".into(),
+        soft("attn_logit_softcapping"),
+    );
+    cfg.insert(
+        "final_logit_softcapping".into(),
+        soft("final_logit_softcapping"),
+    );
+    let theta = m.opt_f("rope.freq_base").unwrap_or(10000.0);
+    if gemma3 {
+        let mut full = json!({"rope_type": "default", "rope_theta": theta});
+        if let Some(s) = m.rope_scaling()? {
+            full = s;
+            full["rope_theta"] = json!(theta);
+        }
+        let local = m.opt_f("rope.freq_base_swa").unwrap_or(10000.0);
+        cfg.insert(
+            "rope_parameters".into(),
+            json!({"full_attention": full,
+                   "sliding_attention": {"rope_type": "default", "rope_theta": local}}),
+        );
+    } else {
+        cfg.insert("rope_theta".into(), json!(theta));
+        if let Some(s) = m.rope_scaling()? {
+            cfg.insert("rope_scaling".into(), s);
+        }
+    }
+    Ok(Value::Object(cfg))
+}
+
+fn gguf_tensor_name(gguf: &str) -> Option<String> {
+    gguf_names::hf_name(gguf, gguf_names::GEMMA_BLOCK)
+}
+
 /// Gemma 2 and Gemma 3 text in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &["gemma2", "gemma3_text"],
     describe,
-    gguf: None,
+    gguf: Some(GgufSupport {
+        architectures: &["gemma2", "gemma3"],
+        config: gguf_config,
+        tensor_name: gguf_tensor_name,
+        permuted_heads: |_, _| None,
+        config_tensors: &[],
+        // llama.cpp's converter stores Gemma's norms as 1 + w
+        norm_shift: 1.0,
+    }),
 };

@@ -5,12 +5,13 @@
 use serde_json::{json, Value};
 
 use super::decoder::{self, Decoder};
+use super::gguf_names::{self, Meta};
 use super::{Architecture, GgufSupport};
 use crate::config::{
     no_effect, null, null_or_one, only, read, ConfigReader, Key, Source, Understood,
 };
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
 use crate::rope::{self, Rope, RopeOptions, RopeParams};
 use crate::table::ModuleTable;
@@ -341,104 +342,66 @@ pub fn describe(
     Ok((decoder::build(&d, w, t)?, understood))
 }
 
-fn meta_err(key: &str) -> Error {
-    Error::Gguf(format!("metadata `{key}` is missing or has the wrong type"))
-}
-
 /// The `config.json` equivalent of a Llama-family GGUF (`general.architecture` `llama`; llama.cpp
-/// converts Mistral as `llama` too). Keys llama.cpp requires are required here.
-pub fn gguf_config(g: &Gguf) -> Result<Value> {
-    let arch = g
-        .get_str("general.architecture")
-        .ok_or_else(|| meta_err("general.architecture"))?;
-    let key = |k: &str| format!("{arch}.{k}");
-    let u = |k: &str| -> Result<u64> { g.get_u64(&key(k)).ok_or_else(|| meta_err(&key(k))) };
-    let hidden = u("embedding_length")?;
-    let heads = u("attention.head_count")?;
-    if heads == 0 {
-        return Err(meta_err(&key("attention.head_count")));
+/// converts Mistral as `llama` too). Keys llama.cpp requires are required here. Llama 3.1+'s
+/// `rope_freqs` tensor (llama.cpp's precomputed llama3 divisors, one per frequency) becomes
+/// per-frequency factors, which is what llama.cpp computes with.
+pub fn gguf_config(file: &GgufFile) -> Result<Value> {
+    let m = Meta::new(&file.header)?;
+    let mut cfg = m.common("llama")?;
+    cfg.insert(
+        "rope_theta".into(),
+        json!(m.opt_f("rope.freq_base").unwrap_or(10000.0)),
+    );
+    cfg.insert(
+        "attention_bias".into(),
+        json!(m.has_tensor_ending("attn_q.bias")),
+    );
+    if let Some(sw) = m.opt_u("attention.sliding_window").filter(|w| *w > 0) {
+        return Err(Error::Gguf(format!(
+            "`{}` = {sw}: a sliding window on a `llama` GGUF is not read (convert Mistral models with their own architecture)",
+            m.key("attention.sliding_window")
+        )));
     }
-    let kv_heads = g.get_u64(&key("attention.head_count_kv")).unwrap_or(heads);
-    let head_dim = g
-        .get_u64(&key("rope.dimension_count"))
-        .unwrap_or(hidden / heads);
-    let vocab = match g.get_u64(&key("vocab_size")) {
-        Some(v) => v,
-        None => g
-            .get("tokenizer.ggml.tokens")
-            .and_then(|t| t.as_array())
-            .map(|a| a.len() as u64)
-            .ok_or_else(|| meta_err("tokenizer.ggml.tokens"))?,
-    };
-    let eps = g
-        .get_f64(&key("attention.layer_norm_rms_epsilon"))
-        .ok_or_else(|| meta_err(&key("attention.layer_norm_rms_epsilon")))?;
-    let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
-    let mut cfg = json!({
-        "model_type": "llama",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": u("feed_forward_length")?,
-        "num_hidden_layers": u("block_count")?,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "rms_norm_eps": eps,
-        // llama.cpp's default base when the key is absent
-        "rope_theta": g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
-        "max_position_embeddings": u("context_length")?,
-        "tie_word_embeddings": tied,
-        "attention_bias": g.tensors.iter().any(|t| t.name.ends_with("attn_q.bias")),
-    });
-    if let Some(eos) = g.get_u64("tokenizer.ggml.eos_token_id") {
-        cfg["eos_token_id"] = json!(eos);
-    }
-    if let Some(bos) = g.get_u64("tokenizer.ggml.bos_token_id") {
-        cfg["bos_token_id"] = json!(bos);
-    }
-    if let Some(f) = g.get_f64(&key("rope.scaling.factor")) {
-        let ty = g.get_str(&key("rope.scaling.type")).unwrap_or("linear");
-        if ty != "linear" && ty != "none" {
-            return Err(Error::Gguf(format!(
-                "`{}` = {ty} is not supported (linear and none are)",
-                key("rope.scaling.type")
-            )));
+    let scaling = m.rope_scaling()?;
+    if let Some(t) = file
+        .header
+        .tensors
+        .iter()
+        .find(|t| t.name == "rope_freqs.weight")
+    {
+        if scaling.is_some() {
+            return Err(Error::Gguf(
+                "both `rope_freqs.weight` and a RoPE scaling type; graft reads one".into(),
+            ));
         }
-        if ty == "linear" && f != 1.0 {
-            cfg["rope_scaling"] = json!({"type": "linear", "factor": f});
-        }
+        let q = graft_quant::QMatrix::from_raw(
+            t.qtype,
+            1,
+            t.dims.first().copied().unwrap_or(0) as usize,
+            file.header.tensor_bytes(&file.bytes, t).to_vec(),
+            vec![],
+        )
+        .map_err(|e| Error::Gguf(format!("tensor `rope_freqs.weight`: {e}")))?;
+        let f = q.dequantize();
+        let ctx = cfg
+            .get("max_position_embeddings")
+            .cloned()
+            .unwrap_or(json!(1));
+        cfg.insert(
+            "rope_scaling".into(),
+            json!({"rope_type": "longrope", "short_factor": f, "long_factor": f,
+                   "original_max_position_embeddings": ctx, "attention_factor": 1.0}),
+        );
+    } else if let Some(s) = scaling {
+        cfg.insert("rope_scaling".into(), s);
     }
-    Ok(cfg)
+    Ok(Value::Object(cfg))
 }
 
 /// GGUF tensor name → Hugging Face parameter name (Llama family).
 pub fn gguf_tensor_name(gguf: &str) -> Option<String> {
-    let simple = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(s) = simple {
-        return Some(s.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, param) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{param}"))
+    gguf_names::hf_name(gguf, gguf_names::LLAMA_BLOCK)
 }
 
 /// llama.cpp's converter permutes the rows of q_proj and k_proj (weights and biases) from
@@ -465,5 +428,7 @@ pub const ARCHITECTURE: Architecture = Architecture {
         config: gguf_config,
         tensor_name: gguf_tensor_name,
         permuted_heads: gguf_permuted_heads,
+        config_tensors: &["rope_freqs.weight"],
+        norm_shift: 0.0,
     }),
 };

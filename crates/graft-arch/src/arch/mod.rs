@@ -4,6 +4,7 @@
 
 pub mod decoder;
 pub mod gemma;
+pub mod gguf_names;
 pub mod llama;
 pub mod opt;
 pub mod phi3;
@@ -14,7 +15,6 @@ use serde_json::Value;
 
 use crate::config::Understood;
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
 use crate::gguf_weights::{self, GgufFile};
 use crate::network::Network;
 use crate::table::ModuleTable;
@@ -38,13 +38,19 @@ pub struct Architecture {
 pub struct GgufSupport {
     /// `general.architecture` values.
     pub architectures: &'static [&'static str],
-    /// The metadata as the equivalent `config.json` (then read like any other).
-    pub config: fn(&Gguf) -> Result<Value>,
+    /// The metadata (and tensors the converter stored for the configuration, such as RoPE
+    /// factors) as the equivalent `config.json`, then read like any other.
+    pub config: fn(&GgufFile) -> Result<Value>,
     /// A GGUF tensor name → its Hugging Face parameter name (None: unknown, refused).
     pub tensor_name: fn(&str) -> Option<String>,
     /// For a Hugging Face parameter name and the config: the RoPE heads over which llama.cpp
     /// permuted its rows, to undo.
     pub permuted_heads: fn(&str, &Value) -> Option<usize>,
+    /// Tensors `config` read (not weights).
+    pub config_tensors: &'static [&'static str],
+    /// What llama.cpp's converter added to norm weights (Gemma: 1, for its `1 + w`); taken
+    /// off again so the weights are the Hugging Face ones.
+    pub norm_shift: f32,
 }
 
 /// Every architecture graft runs.
@@ -116,9 +122,25 @@ pub fn from_gguf(file: &GgufFile) -> Result<(Value, WeightStore)> {
                 .collect();
             Error::UnsupportedArchitecture(format!("{name} (GGUF)"), known.join(", "))
         })?;
-    let cfg = (support.config)(&file.header)?;
-    let weights = gguf_weights::weights(file, support.tensor_name, |n| {
-        (support.permuted_heads)(n, &cfg)
-    })?;
+    let cfg = (support.config)(file)?;
+    let name_of = |n: &str| {
+        if support.config_tensors.contains(&n) {
+            Some(String::new())
+        } else {
+            (support.tensor_name)(n)
+        }
+    };
+    let weights = gguf_weights::weights(
+        file,
+        name_of,
+        |n| (support.permuted_heads)(n, &cfg),
+        |n| {
+            if n.ends_with("norm.weight") {
+                support.norm_shift
+            } else {
+                0.0
+            }
+        },
+    )?;
     Ok((cfg, weights))
 }

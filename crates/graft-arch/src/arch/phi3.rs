@@ -2,12 +2,14 @@
 //! `qkv_proj` and one `gate_up_proj` (PEFT adapts each fused module as one Linear), no biases,
 //! a sliding window on every layer when `sliding_window` is set, and LongRoPE (`su`) scaling.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::decoder::{self, read_act, read_dropout, read_eps, read_heads, Decoder};
-use super::Architecture;
+use super::gguf_names::{self, Meta};
+use super::{Architecture, GgufSupport};
 use crate::config::{no_effect, read, ConfigReader, Key, Source, Understood};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
 use crate::rope::{self, RopeOptions, RopeParams};
 use crate::table::ModuleTable;
@@ -145,9 +147,78 @@ pub fn describe(
     Ok((decoder::build(&d, w, t)?, understood))
 }
 
+/// The `config.json` equivalent of a `phi3` GGUF: LongRoPE from the `rope_factors_long` /
+/// `rope_factors_short` tensors, `rope.scaling.attn_factor` and
+/// `rope.scaling.original_context_length`; the sliding window where it is not 0.
+pub fn gguf_config(file: &GgufFile) -> Result<Value> {
+    let m = Meta::new(&file.header)?;
+    let mut cfg = m.common("phi3")?;
+    cfg.insert(
+        "rope_theta".into(),
+        json!(m.opt_f("rope.freq_base").unwrap_or(10000.0)),
+    );
+    let hd = cfg.get("head_dim").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(rd) = m.opt_u("rope.dimension_count") {
+        if rd != hd {
+            return Err(Error::Gguf(format!(
+                "`{}` = {rd}: RoPE over part of the head (of {hd}) is not implemented",
+                m.key("rope.dimension_count")
+            )));
+        }
+    }
+    let window = m.opt_u("attention.sliding_window").filter(|w| *w > 0);
+    cfg.insert("sliding_window".into(), json!(window));
+    let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+        let Some(t) = file.header.tensors.iter().find(|t| t.name == name) else {
+            return Ok(None);
+        };
+        let n = t.dims.first().copied().unwrap_or(0) as usize;
+        let q = graft_quant::QMatrix::from_raw(
+            t.qtype,
+            1,
+            n,
+            file.header.tensor_bytes(&file.bytes, t).to_vec(),
+            vec![],
+        )
+        .map_err(|e| Error::Gguf(format!("tensor `{name}`: {e}")))?;
+        Ok(Some(q.dequantize()))
+    };
+    let long = factors("rope_factors_long.weight")?;
+    let short = factors("rope_factors_short.weight")?;
+    match (long, short) {
+        (Some(l), Some(s)) => {
+            let orig = m.u("rope.scaling.original_context_length")?;
+            let mut rope = json!({"rope_type": "longrope", "long_factor": l, "short_factor": s,
+                                  "original_max_position_embeddings": orig});
+            if let Some(a) = m.opt_f("rope.scaling.attn_factor") {
+                rope["attention_factor"] = json!(a);
+            }
+            cfg.insert("rope_scaling".into(), rope);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Gguf(
+                "only one of rope_factors_long / rope_factors_short is present".into(),
+            ))
+        }
+    }
+    Ok(Value::Object(cfg))
+}
+
+fn gguf_tensor_name(gguf: &str) -> Option<String> {
+    gguf_names::hf_name(gguf, gguf_names::PHI3_BLOCK)
+}
+
 /// Phi-3 in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &["phi3"],
     describe,
-    gguf: None,
+    gguf: Some(GgufSupport {
+        architectures: &["phi3"],
+        config: gguf_config,
+        tensor_name: gguf_tensor_name,
+        permuted_heads: |_, _| None,
+        config_tensors: &["rope_factors_long.weight", "rope_factors_short.weight"],
+        norm_shift: 0.0,
+    }),
 };

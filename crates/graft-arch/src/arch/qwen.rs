@@ -2,14 +2,16 @@
 //! RMSNorms on q and k, biases by `attention_bias`), as transformers' `Qwen2ForCausalLM` /
 //! `Qwen3ForCausalLM` compute them.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::decoder::{
     self, read_act, read_dropout, read_eps, read_heads, read_layer_types, Decoder,
 };
-use super::Architecture;
+use super::gguf_names::{self, Meta};
+use super::{Architecture, GgufSupport};
 use crate::config::{no_effect, read, ConfigReader, Key, Source, Understood};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
 use crate::rope::{self, RopeOptions, RopeParams};
 use crate::table::ModuleTable;
@@ -169,9 +171,52 @@ pub fn describe(
     Ok((decoder::build(&d, w, t)?, understood))
 }
 
+/// The `config.json` equivalent of a `qwen2` / `qwen3` GGUF.
+pub fn gguf_config(file: &GgufFile) -> Result<Value> {
+    let m = Meta::new(&file.header)?;
+    let qwen3 = m.arch == "qwen3";
+    let mut cfg = m.common(m.arch)?;
+    cfg.insert(
+        "rope_theta".into(),
+        json!(m.opt_f("rope.freq_base").unwrap_or(10000.0)),
+    );
+    if let Some(s) = m.rope_scaling()? {
+        cfg.insert("rope_scaling".into(), s);
+    }
+    if qwen3 {
+        cfg.insert(
+            "attention_bias".into(),
+            json!(m.has_tensor_ending("attn_q.bias")),
+        );
+    } else if !m.has_tensor_ending("attn_q.bias") {
+        return Err(Error::Gguf(
+            "a `qwen2` GGUF without q/k/v biases (blk.N.attn_q.bias): Qwen2 always has them".into(),
+        ));
+    }
+    if let Some(sw) = m.opt_u("attention.sliding_window").filter(|w| *w > 0) {
+        return Err(Error::Gguf(format!(
+            "`{}` = {sw}: llama.cpp's {} has no sliding window, so graft does not read one",
+            m.key("attention.sliding_window"),
+            m.arch
+        )));
+    }
+    Ok(Value::Object(cfg))
+}
+
+fn gguf_tensor_name(gguf: &str) -> Option<String> {
+    gguf_names::hf_name(gguf, gguf_names::QWEN_BLOCK)
+}
+
 /// Qwen2/2.5 and Qwen3 in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &["qwen2", "qwen3"],
     describe,
-    gguf: None,
+    gguf: Some(GgufSupport {
+        architectures: &["qwen2", "qwen3"],
+        config: gguf_config,
+        tensor_name: gguf_tensor_name,
+        permuted_heads: |_, _| None,
+        config_tensors: &[],
+        norm_shift: 0.0,
+    }),
 };

@@ -185,7 +185,6 @@ impl GpuModel {
                             row0: u32_of(*row0)?,
                             total_rows: u32_of(em.rows)?,
                             scale: scale.unwrap_or(1.0),
-                            ..Default::default()
                         };
                         let uoff = put(bytemuck::bytes_of(&p));
                         let kernel = Kernel::Embed(part.fmt);
