@@ -19,6 +19,19 @@ impl fmt::Display for Hinted {
 
 impl StdError for Hinted {}
 
+impl Hinted {
+    /// `e`'s message with `extra` added to its hint (or as its hint, where it has none).
+    pub fn adding(e: &(dyn StdError + 'static), extra: String) -> Hinted {
+        Hinted {
+            msg: e.to_string(),
+            hint: Some(match hint(e) {
+                Some(h) => format!("{h}; or {extra}"),
+                None => extra,
+            }),
+        }
+    }
+}
+
 /// `context: e`, keeping the hint for `e` (which the new message's type would lose).
 pub fn context(context: impl fmt::Display, e: &(dyn StdError + 'static)) -> Hinted {
     Hinted {
@@ -92,6 +105,12 @@ fn one(e: &(dyn StdError + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(graft_text::Error::NoChatTemplate) = e.downcast_ref::<graft_text::Error>() {
+        return Some(
+            "a base model takes plain text: pass the prompt without --chat/--system, or ids with --tokens"
+                .into(),
+        );
+    }
     if let Some(e) = e.downcast_ref::<graft_adapters::Error>() {
         return match e {
             graft_adapters::Error::AdapterMismatch { .. } => {
@@ -127,5 +146,21 @@ mod tests {
         assert_eq!(hint(&wrapped).as_deref(), Some("run with --device cpu"));
         let hub = graft_hub::Error::InvalidRepoId("x".into());
         assert_eq!(hint(&hub), None);
+    }
+
+    #[test]
+    fn added_hints_keep_the_cause_and_its_hint() {
+        let e = graft_hub::Error::InvalidRepoId("x".into());
+        let h = Hinted::adding(&e, "fetch it".into());
+        assert_eq!(h.to_string(), e.to_string());
+        assert_eq!(hint(&h).as_deref(), Some("fetch it"));
+        let e = graft_models::Error::NoGpu("none".into());
+        let h = Hinted::adding(&e, "fetch it".into());
+        assert_eq!(
+            hint(&h).as_deref(),
+            Some("run with --device cpu or --device auto; or fetch it")
+        );
+        let h = hint(&graft_text::Error::NoChatTemplate).unwrap_or_default();
+        assert!(h.contains("--chat") && h.contains("--tokens"), "{h}");
     }
 }

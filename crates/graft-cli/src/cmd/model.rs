@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use graft_adapters::files::read_adapter_dir;
 use graft_hub::{Hub, HubOptions, Token};
-use graft_models::model::{default_model_path, DEFAULT_MODEL_ID};
+use graft_models::model::{default_model_path, known_model, DEFAULT_MODEL_ID};
 use graft_models::{Device, DeviceOptions, LoadAdapterOptions, Model, OpenOptions};
 use graft_quant::QType;
 use graft_text::Tokenizer;
@@ -118,6 +118,24 @@ pub fn model_spec(args: &ModelArgs) -> CliResult<String> {
     Ok(p.display().to_string())
 }
 
+/// A model argument naming a known model's Hub id that could not be resolved (its local GGUF
+/// absent, the Hub unreachable…): the hint adds the script that fetches the local GGUF.
+fn fetch_hint(args: &ModelArgs, spec: &str, e: graft_models::Error) -> Box<dyn std::error::Error> {
+    let asks_repo = args.hub.revision.is_some() || args.gguf_file.is_some();
+    match known_model(graft_hub::repo::split_revision(spec).0) {
+        Some(k) if !asks_repo && !spec.contains('@') => Box::new(crate::hints::Hinted::adding(
+            &e,
+            format!(
+                "`{}` fetches a GGUF of {} into {}/, which then stands in for the Hub",
+                k.fetch,
+                k.hub_id,
+                graft_models::model::MODELS_DIR
+            ),
+        )),
+        _ => Box::new(e),
+    }
+}
+
 /// Opens the model and its adapters as the flags say, on the device `--device` names. Returns the model and the folder holding
 /// its config (for EOS ids and the tokenizer).
 pub fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
@@ -128,7 +146,14 @@ pub fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
         &spec,
         args.hub.revision.as_deref(),
         args.gguf_file.as_deref(),
-    )?;
+    )
+    .map_err(|e| fetch_hint(args, &spec, e))?;
+    if resolved.adapter.is_none() && known_model(&spec).is_some_and(|k| k.path() == resolved.base) {
+        eprintln!(
+            "graft: {spec} runs from its fetched GGUF {}",
+            resolved.base.display()
+        );
+    }
     let opts = OpenOptions {
         quantize: args.quantize.as_deref().and_then(QType::parse),
     };
