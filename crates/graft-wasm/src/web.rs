@@ -225,8 +225,10 @@ async fn fetch_base(
     Ok((model, tok))
 }
 
+/// A type graft can quantize safetensors weights into while loading (the K-quants and Q5 types
+/// are read from GGUF files, not produced).
 fn graft_quant_parse(s: &str) -> Option<graft_quant::QType> {
-    graft_quant::QType::parse(&s.to_ascii_lowercase())
+    graft_quant::QType::parse(&s.to_ascii_lowercase()).filter(|q| q.can_quantize())
 }
 
 fn repo_of(spec: &str, revision: Option<&str>) -> Result<Repo, JsValue> {
