@@ -194,15 +194,28 @@ fn merges_json(merges: impl IntoIterator<Item = (String, String)>) -> Value {
     Value::Array(merges.into_iter().map(|(l, r)| json!([l, r])).collect())
 }
 
-/// The file's merges (`"left right"`), as pairs.
-fn file_merges(merges: &[&str]) -> Result<Vec<(String, String)>> {
+/// The file's merges (`"left right"`), as pairs, each checked against the vocabulary: its two
+/// parts and what they merge into must all be tokens. The tokenizers crate refuses a merge
+/// that is not, but one whose merged token is longer than every token of the vocabulary makes
+/// it panic (tokenizers 0.23, `BPE::build`) instead; so it is refused here, with the merge named.
+fn file_merges(merges: &[&str], vocab: &HashMap<String, usize>) -> Result<Vec<(String, String)>> {
     merges
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.split_once(' ')
-                .map(|(l, r)| (l.to_string(), r.to_string()))
-                .ok_or_else(|| terr(format!("GGUF merge {i} `{m}` is not `left right`")))
+            let (l, r) = m
+                .split_once(' ')
+                .ok_or_else(|| terr(format!("GGUF merge {i} `{m}` is not `left right`")))?;
+            let merged = format!("{l}{r}");
+            if let Some(t) = [l, r, merged.as_str()]
+                .into_iter()
+                .find(|t| !vocab.contains_key(*t))
+            {
+                return Err(terr(format!(
+                    "GGUF merge {i} `{m}`: `{t}` is not in the vocabulary"
+                )));
+            }
+            Ok((l.to_string(), r.to_string()))
         })
         .collect()
 }
@@ -314,7 +327,7 @@ pub(crate) fn document(meta: &Map<String, Value>) -> Result<Built> {
                 "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                 "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                     "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                    "vocab": vocab_json(&vocab, &spelled), "merges": merges_json(file_merges(&merges)?)},
+                    "vocab": vocab_json(&vocab, &spelled), "merges": merges_json(file_merges(&merges, &vocab)?)},
             });
             Ok(Built {
                 doc,
@@ -386,8 +399,10 @@ fn llama_document(
     merges: Option<&[&str]>,
     types: Option<&Vec<Value>>,
 ) -> Result<Value> {
+    let owned: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let vocab = owned_index(&owned);
     let merges = match merges {
-        Some(m) => file_merges(m)?,
+        Some(m) => file_merges(m, &vocab)?,
         None => {
             let scores = meta
                 .get("tokenizer.ggml.scores")
@@ -414,8 +429,6 @@ fn llama_document(
             generate_merges(tokens, Some(&scores))
         }
     };
-    let owned: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-    let vocab = owned_index(&owned);
     Ok(json!({
         "version": "1.0",
         "truncation": null,
