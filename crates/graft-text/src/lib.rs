@@ -218,6 +218,11 @@ impl Tokenizer {
     }
 }
 
+/// The longest line of a chat template, in characters. minijinja counts columns in a `u16`:
+/// past this its error positions are wrong, and a syntax error there overflows (a panic where
+/// overflow checks are on, e.g. in debug builds). Real templates' lines are a few KB at most.
+const MAX_TEMPLATE_LINE: usize = u16::MAX as usize - 1;
+
 /// Renders a Jinja chat template with transformers' environment.
 pub fn render_chat_template(
     template: &str,
@@ -226,6 +231,16 @@ pub fn render_chat_template(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    if let Some((i, _)) = template
+        .split('\n')
+        .enumerate()
+        .find(|(_, l)| l.len() > MAX_TEMPLATE_LINE && l.chars().count() > MAX_TEMPLATE_LINE)
+    {
+        return Err(Error::Template(format!(
+            "line {} of the template is longer than {MAX_TEMPLATE_LINE} characters",
+            i + 1
+        )));
+    }
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
