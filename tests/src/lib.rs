@@ -191,3 +191,35 @@ pub fn apply_run(model: &mut graft_models::Model, run: &serde_json::Value) {
         model.set_adapter(&active).expect("set_adapter");
     }
 }
+
+fn read_i64(st: &safetensors::SafeTensors, name: &str) -> (Vec<i64>, Vec<usize>) {
+    let t = st.tensor(name).expect(name);
+    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+/// A training fixture's batch.safetensors (input_ids, attention_mask, labels) as examples,
+/// each row cut to its attention mask (right padding).
+pub fn batch_examples(case: &std::path::Path) -> Vec<graft_train::data::Example> {
+    let bytes = std::fs::read(case.join("batch.safetensors")).expect("batch.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let (ids, shape) = read_i64(&st, "input_ids");
+    let (mask, _) = read_i64(&st, "attention_mask");
+    let (labels, _) = read_i64(&st, "labels");
+    let (b, t) = (shape[0], shape[1]);
+    (0..b)
+        .map(|r| {
+            let n = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
+            graft_train::data::Example {
+                ids: ids[r * t..r * t + n].iter().map(|&x| x as u32).collect(),
+                labels: labels[r * t..r * t + n].to_vec(),
+                line: r + 1,
+            }
+        })
+        .collect()
+}

@@ -293,6 +293,23 @@ fn longrope_without_its_factors_is_refused_by_name() {
 }
 
 #[test]
+fn longrope_factors_that_do_not_cover_the_head_are_refused() {
+    // the fixture's head_dim is 8: four frequencies, three factors given
+    let mut c = config("llama_theta5000", "v5");
+    c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 5000.0,
+        "short_factor": [1.0, 1.0, 1.0], "long_factor": [1.0, 2.0, 3.0],
+        "original_max_position_embeddings": 16});
+    let e = open_with("llama_theta5000", &c)
+        .err()
+        .expect("accepted")
+        .to_string();
+    assert!(
+        e.contains("rope_parameters") && e.contains("3 entries"),
+        "{e}"
+    );
+}
+
+#[test]
 fn refuses_a_rope_per_layer_type_on_llama() {
     refused(
         "llama_theta5000",

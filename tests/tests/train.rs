@@ -8,46 +8,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use graft_models::{LoadAdapterOptions, Model};
-use graft_tests::fixtures;
+use graft_tests::{batch_examples, fixtures};
 use graft_train::data::Example;
 use graft_train::forward::{Batch, TrainModel};
 use graft_train::optim::{AdamWConfig, Schedule};
 use graft_train::{TrainArgs, Trainer};
-use safetensors::SafeTensors;
 
 fn train_dir() -> PathBuf {
     fixtures().join("train")
-}
-
-fn read_i64(st: &SafeTensors, name: &str) -> (Vec<i64>, Vec<usize>) {
-    let t = st.tensor(name).expect(name);
-    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (v, t.shape().to_vec())
-}
-
-/// The fixture batch as examples: each row cut to its attention mask (right padding).
-fn batch_examples(case: &Path) -> Vec<Example> {
-    let bytes = std::fs::read(case.join("batch.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, shape) = read_i64(&st, "input_ids");
-    let (mask, _) = read_i64(&st, "attention_mask");
-    let (labels, _) = read_i64(&st, "labels");
-    let (b, t) = (shape[0], shape[1]);
-    (0..b)
-        .map(|r| {
-            let n = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
-            Example {
-                ids: ids[r * t..r * t + n].iter().map(|&x| x as u32).collect(),
-                labels: labels[r * t..r * t + n].to_vec(),
-                line: r + 1,
-            }
-        })
-        .collect()
 }
 
 fn expected(case: &Path) -> std::collections::HashMap<String, Tensor> {

@@ -3,44 +3,10 @@
 //! and the gradient of every LoRA tensor (tests/fixtures/arch_train, made by
 //! make_arch_train_fixtures.py), to 1e-4 relative.
 
-use std::path::Path;
-
 use candle_core::{Device, Tensor};
 use graft_models::{LoadAdapterOptions, Model};
-use graft_tests::fixtures;
-use graft_train::data::Example;
+use graft_tests::{batch_examples, fixtures};
 use graft_train::{TrainArgs, Trainer};
-use safetensors::SafeTensors;
-
-fn read_i64(st: &SafeTensors, name: &str) -> (Vec<i64>, Vec<usize>) {
-    let t = st.tensor(name).expect(name);
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (v, t.shape().to_vec())
-}
-
-/// The fixture batch as examples, each row cut to its attention mask (right padding).
-fn examples(case: &Path) -> Vec<Example> {
-    let bytes = std::fs::read(case.join("batch.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (ids, shape) = read_i64(&st, "input_ids");
-    let (mask, _) = read_i64(&st, "attention_mask");
-    let (labels, _) = read_i64(&st, "labels");
-    let (b, t) = (shape[0], shape[1]);
-    (0..b)
-        .map(|r| {
-            let n = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
-            Example {
-                ids: ids[r * t..r * t + n].iter().map(|&x| x as u32).collect(),
-                labels: labels[r * t..r * t + n].to_vec(),
-                line: r + 1,
-            }
-        })
-        .collect()
-}
 
 fn vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -63,7 +29,7 @@ fn check(name: &str) {
         .unwrap();
     let want: std::collections::HashMap<String, Tensor> =
         candle_core::safetensors::load(case.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let data = examples(&case);
+    let data = batch_examples(&case);
     let tr = Trainer::new(&mut model, "default", TrainArgs::default()).unwrap();
     let keys: Vec<&str> = tr.adapter.params.iter().map(|p| p.key.as_str()).collect();
     let mut want_keys: Vec<&str> = spec["trainable_keys"]

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::network::{
     Activation, Attention, Block, Head, Mlp, Network, Norm, NormKind, Qkv, Residual, RopeTable,
 };
-use crate::rope::Rope;
+use crate::rope::{self, Rope, RopeOptions, RopeParams};
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
 
@@ -325,4 +325,44 @@ fn describe_layer_types(sliding: &[bool]) -> String {
     } else {
         format!("sliding_attention in layers {}", s.join(", "))
     }
+}
+
+/// The one RoPE of an architecture whose layers all share it: refused when the file gives one
+/// per layer type, and LongRoPE's factor lists must cover every frequency of the head (a
+/// shorter list would leave dimensions unrotated).
+pub fn read_single_rope(
+    r: &mut ConfigReader,
+    cfg: &Value,
+    class: &str,
+    opts: &RopeOptions,
+    head_dim: usize,
+) -> Result<Rope> {
+    let rope = match rope::read(r, opts)? {
+        RopeParams::Global(rope) => rope,
+        RopeParams::PerLayerType(_) => {
+            let v = cfg.get("rope_parameters").cloned().unwrap_or_default();
+            return Err(r.unsupported(
+                "rope_parameters",
+                &v,
+                &format!("a RoPE per layer type is for models whose layers differ; transformers' {class} takes one RoPE for every layer"),
+            ));
+        }
+    };
+    if let Some(n) = rope.factor_len() {
+        if n != head_dim / 2 {
+            let key = if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+                "rope_scaling"
+            } else {
+                "rope_parameters"
+            };
+            return Err(r.bad(
+                key,
+                format!(
+                    "has short/long factors of {n} entries; head_dim {head_dim} needs {}",
+                    head_dim / 2
+                ),
+            ));
+        }
+    }
+    Ok(rope)
 }

@@ -166,24 +166,17 @@ pub fn describe(
     let (ropes, rope_of) = if gemma3 {
         gemma3_ropes(&mut r, cfg, max_positions)?
     } else {
-        let rope = match rope::read(
+        let rope = decoder::read_single_rope(
             &mut r,
+            cfg,
+            class,
             &RopeOptions {
                 default_theta: 10000.0,
                 max_positions,
                 default_original_max: None,
             },
-        )? {
-            RopeParams::Global(rope) => rope,
-            RopeParams::PerLayerType(_) => {
-                let v = cfg.get("rope_parameters").cloned().unwrap_or_default();
-                return Err(r.unsupported(
-                    "rope_parameters",
-                    &v,
-                    "transformers' Gemma2Config takes one RoPE for every layer",
-                ));
-            }
-        };
+            head_dim,
+        )?;
         (vec![rope], [0, 0])
     };
     for rope in &ropes {

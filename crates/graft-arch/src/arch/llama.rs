@@ -13,7 +13,7 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
-use crate::rope::{self, Rope, RopeOptions, RopeParams};
+use crate::rope::{Rope, RopeOptions};
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
 
@@ -224,24 +224,17 @@ pub fn read_config(cfg: &Value, source_name: &str) -> Result<(LlamaConfig, Under
         ));
     }
     check_layer_types(&mut r, num_hidden_layers, sliding_window.is_some())?;
-    let rope = match rope::read(
+    let rope = decoder::read_single_rope(
         &mut r,
+        cfg,
+        class,
         &RopeOptions {
             default_theta: 10000.0,
             max_positions: max_position_embeddings,
             default_original_max: None,
         },
-    )? {
-        RopeParams::Global(rope) => rope,
-        RopeParams::PerLayerType(_) => {
-            let v = cfg.get("rope_parameters").cloned().unwrap_or_default();
-            return Err(r.unsupported(
-                "rope_parameters",
-                &v,
-                &format!("a RoPE per layer type is for models whose layers differ; transformers' {class} takes one RoPE for every layer"),
-            ));
-        }
-    };
+        head_dim,
+    )?;
     let c = LlamaConfig {
         vocab_size,
         hidden_size,

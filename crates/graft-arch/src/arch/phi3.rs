@@ -11,7 +11,7 @@ use crate::config::{no_effect, read, ConfigReader, Key, Source, Understood};
 use crate::error::{Error, Result};
 use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
-use crate::rope::{self, RopeOptions, RopeParams};
+use crate::rope::RopeOptions;
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
 
@@ -82,40 +82,17 @@ pub fn describe(
         ("resid_pdrop", read_dropout(&mut r, "resid_pdrop")?),
         ("embd_pdrop", read_dropout(&mut r, "embd_pdrop")?),
     ];
-    let rope = match rope::read(
+    let rope = decoder::read_single_rope(
         &mut r,
+        cfg,
+        "Phi3Config",
         &RopeOptions {
             default_theta: 10000.0,
             max_positions,
             default_original_max: Some(4096),
         },
-    )? {
-        RopeParams::Global(rope) => rope,
-        RopeParams::PerLayerType(_) => {
-            let v = cfg.get("rope_parameters").cloned().unwrap_or_default();
-            return Err(r.unsupported(
-                "rope_parameters",
-                &v,
-                "transformers' Phi3Config takes one RoPE for every layer",
-            ));
-        }
-    };
-    if let Some(n) = rope.factor_len() {
-        if n != head_dim / 2 {
-            let key = if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-                "rope_scaling"
-            } else {
-                "rope_parameters"
-            };
-            return Err(r.bad(
-                key,
-                format!(
-                    "has short/long factors of {n} entries; head_dim {head_dim} needs {}",
-                    head_dim / 2
-                ),
-            ));
-        }
-    }
+        head_dim,
+    )?;
     // read for the record (LongRoPE took it from the file already)
     let _ = r.raw("original_max_position_embeddings")?;
     let d = Decoder {

@@ -13,7 +13,7 @@ use crate::config::{no_effect, read, ConfigReader, Key, Source, Understood};
 use crate::error::{Error, Result};
 use crate::gguf_weights::GgufFile;
 use crate::network::{Activation, Network};
-use crate::rope::{self, RopeOptions, RopeParams};
+use crate::rope::RopeOptions;
 use crate::table::ModuleTable;
 use crate::weights::WeightStore;
 
@@ -110,35 +110,17 @@ pub fn describe(
         r.record("sliding_window", w, Source::File("sliding_window".into()));
     }
     let attention_dropout = read_dropout(&mut r, "attention_dropout")?;
-    let rope = match rope::read(
+    let rope = decoder::read_single_rope(
         &mut r,
+        cfg,
+        class,
         &RopeOptions {
             default_theta: 10000.0,
             max_positions,
             default_original_max: None,
         },
-    )? {
-        RopeParams::Global(rope) => rope,
-        RopeParams::PerLayerType(_) => {
-            let v = cfg.get("rope_parameters").cloned().unwrap_or_default();
-            return Err(r.unsupported(
-                "rope_parameters",
-                &v,
-                &format!("transformers' {class} takes one RoPE for every layer"),
-            ));
-        }
-    };
-    if let Some(n) = rope.factor_len() {
-        if n != head_dim / 2 {
-            return Err(r.bad(
-                "rope_parameters",
-                format!(
-                    "LongRoPE factors have {n} entries for head_dim/2 = {}",
-                    head_dim / 2
-                ),
-            ));
-        }
-    }
+        head_dim,
+    )?;
     let d = Decoder {
         model_type,
         vocab_size,
