@@ -25,6 +25,14 @@ const GPU_NEW_TOKENS = 3;
 const NEW_TOKENS = 8;
 const PROMPT = "What is the capital of France?";
 const ONLY = process.env.GRAFT_WEB_ONLY; // run only the tests whose name contains this
+// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (scripts/fetch_models.sh) with the demo adapter
+// adapters/qwen-graft-guide. It is ~3.7× SmolLM2's work per token, so on SwiftShader its
+// WebGPU run is one short raw prompt and two tokens (prefill, then one decode step).
+const QWEN = path.join(ROOT, "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+const QWEN_PROMPT = "How do I train a LoRA adapter with graft?";
+const QWEN_NEW_TOKENS = 12;
+const QWEN_GPU_PROMPT = "graft generate --adapter";
+const QWEN_GPU_NEW_TOKENS = 2;
 fs.mkdirSync(OUT, { recursive: true });
 
 // ---------------------------------------------------------------- the local Hub's repos
@@ -52,6 +60,14 @@ if (haveGguf) {
   repo("graft-rs/smollm2-pirate-lora", {
     "adapter_config.json": adapterConfig("adapters/smollm2-pirate", "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "adapter_model.safetensors": "adapters/smollm2-pirate/adapter_model.safetensors",
+  });
+}
+const haveQwen = fs.existsSync(QWEN);
+if (haveQwen) {
+  repo("Qwen/Qwen2.5-Coder-0.5B-Instruct", { "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf": QWEN });
+  repo("graft-rs/qwen-graft-guide", {
+    "adapter_config.json": adapterConfig("adapters/qwen-graft-guide", "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
+    "adapter_model.safetensors": "adapters/qwen-graft-guide/adapter_model.safetensors",
   });
 }
 repo("graft-rs/tiny-llama", {
@@ -110,9 +126,9 @@ function readSafetensors(file) {
   }
   return out;
 }
-function nativeGenerate(n, prompt, extra) {
+function nativeGenerate(n, prompt, extra, model = GGUF) {
   const bin = path.join(ROOT, "target/debug/graft");
-  const out = execFileSync(bin, ["generate", "--device", "cpu", "--max-new-tokens", String(n), ...prompt, ...extra], { cwd: ROOT, env: { ...process.env, GRAFT_DEFAULT_MODEL: GGUF }, stdio: ["ignore", "pipe", "ignore"] });
+  const out = execFileSync(bin, ["generate", "--device", "cpu", "--max-new-tokens", String(n), ...prompt, ...extra], { cwd: ROOT, env: { ...process.env, GRAFT_DEFAULT_MODEL: model }, stdio: ["ignore", "pipe", "ignore"] });
   return out.toString().replace(/\n$/, "");
 }
 
@@ -347,6 +363,60 @@ try {
       assert(out(9).includes("adapter_model.safetensors"), `cell 9: ${out(9)}`);
       budgets.notebook_run_all_ms = state.nb.cells.reduce((a, c) => a + (c.ms ?? 0), 0);
       await nb.close();
+    });
+  }
+  if (haveQwen) {
+    const guide = ["--adapter", "adapters/qwen-graft-guide"];
+    const gpuGuide = nativeGenerate(QWEN_GPU_NEW_TOKENS, [QWEN_GPU_PROMPT], guide, QWEN);
+    const chatGuide = nativeGenerate(QWEN_NEW_TOKENS, ["--chat", QWEN_PROMPT], guide, QWEN);
+    const chatBase = nativeGenerate(QWEN_NEW_TOKENS, ["--chat", QWEN_PROMPT], [], QWEN);
+    // Download (until the GGUF's last byte), load (parse, tokenizer, weights to the device),
+    // first token and decode, with the adapter; then the base on the CPU path.
+    const runQwen = (device, prompt, n, withBase) =>
+      page.evaluate(async ({ endpoint, prompt, n, device, withBase }) => {
+        const g = await import("/web/npm/index.js");
+        const wasm = await g.initialize();
+        let downloaded = null;
+        const t0 = performance.now();
+        const progress_callback = (p) => {
+          if (p.status === "done" && p.file.endsWith(".gguf")) downloaded = performance.now();
+        };
+        const m = await g.AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-Coder-0.5B-Instruct", { endpoint, device, dtype: "q4_k_m", cache: false, progress_callback });
+        const t1 = performance.now();
+        await m.load_adapter("graft-rs/qwen-graft-guide", { adapter_name: "graft-guide" });
+        let first = null;
+        const t2 = performance.now();
+        const guide = await m.generate(prompt, { max_new_tokens: n, on_token: () => (first ??= performance.now()) });
+        const t3 = performance.now();
+        let base = null;
+        if (withBase) {
+          m.disable_adapters();
+          base = await m.generate(prompt, { max_new_tokens: n });
+        }
+        const r = {
+          device: m.device, note: m.device_note, guide, base,
+          download_ms: downloaded - t0, load_ms: t1 - downloaded, ttft_ms: first - t2,
+          decode_tok_per_s: n > 1 ? (n - 1) / ((t3 - first) / 1000) : null,
+          wasm_memory_bytes: wasm.memory.buffer.byteLength,
+        };
+        m.dispose();
+        return r;
+      }, { endpoint: hub.endpoint, prompt, n, device, withBase });
+
+    await test("Qwen2.5-Coder-0.5B Q4_K_M + the graft-guide adapter on the wasm CPU path: the same answers as native graft", async () => {
+      const r = await runQwen("cpu", [{ role: "user", content: QWEN_PROMPT }], QWEN_NEW_TOKENS, true);
+      budgets.qwen_cpu = { prompt: QWEN_PROMPT, new_tokens: QWEN_NEW_TOKENS, ...r };
+      assert(r.device === "cpu", `device ${r.device}`);
+      assert(r.guide === chatGuide, `adapter answer differs:\n browser: ${JSON.stringify(r.guide)}\n native:  ${JSON.stringify(chatGuide)}`);
+      assert(r.base === chatBase, `base answer differs:\n browser: ${JSON.stringify(r.base)}\n native:  ${JSON.stringify(chatBase)}`);
+      assert(r.guide !== r.base, "the adapter changes the answer");
+    });
+
+    await test("Qwen2.5-Coder-0.5B Q4_K_M + the graft-guide adapter on WebGPU: the same tokens as native graft", async () => {
+      const r = await runQwen("webgpu", QWEN_GPU_PROMPT, QWEN_GPU_NEW_TOKENS, false);
+      budgets.qwen_webgpu = { prompt: QWEN_GPU_PROMPT, new_tokens: QWEN_GPU_NEW_TOKENS, ...r };
+      assert(r.device === "webgpu", `device ${r.device}: ${r.note}`);
+      assert(r.guide === gpuGuide, `adapter answer differs:\n browser: ${JSON.stringify(r.guide)}\n native:  ${JSON.stringify(gpuGuide)}`);
     });
   }
   await gpuBrowser.close();
