@@ -7,7 +7,9 @@
 #
 # graft runs a model of SmolLM2-135M's exact shape and formats made in memory (`--synthetic`:
 # the 96 MB GGUF does not fit what can be carried); speed depends on shapes and formats only.
-# The baseline is ../shared/reference/hf_bench.py (transformers + PEFT on the same shape, f32 and
+# Each graft run also prints the decode mat-vec's bandwidth for every GGUF block type (Q8_0,
+# Q4_0, Q4_1, Q5_0, Q5_1, Q2_K…Q6_K) next to a copy kernel's, so the K-quant decoders are
+# measured too. The baseline is ../shared/reference/hf_bench.py (transformers + PEFT on the same shape, f32 and
 # bf16, eager). Output goes to $OUT (or ./gpu-bench-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."

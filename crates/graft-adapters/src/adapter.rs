@@ -245,7 +245,9 @@ pub fn linear_forward(
     Ok(result)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The dot product of the decode-step LoRA path (8 lanes, then the tail): backends that split
+/// that path across threads use it too, so their numbers are this path's, bit for bit.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -263,7 +265,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Runs `f` on the f32 data of two contiguous CPU tensors without copying them.
-fn with_slices<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
+/// `f` over the f32 data of two contiguous CPU tensors; `None` for any other tensor.
+pub fn with_slices<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
     let (candle_core::Storage::Cpu(ca), candle_core::Storage::Cpu(cb)) = (&*sa, &*sb) else {

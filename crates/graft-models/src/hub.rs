@@ -19,6 +19,10 @@ use crate::model::{
 pub struct Resolved {
     pub base: PathBuf,
     pub adapter: Option<PathBuf>,
+    /// The base's Hub id when it came from the Hub or a known model's local stand-in: the
+    /// `name_or_path` transformers records (and PEFT writes as an adapter's
+    /// `base_model_name_or_path`), rather than a cache or `models/` path.
+    pub base_id: Option<String>,
 }
 
 /// Splits `org/name@revision`; an existing local path is returned whole.
@@ -99,6 +103,7 @@ pub fn resolve(
         return Ok(Resolved {
             base,
             adapter: None,
+            base_id: Some(spec.to_string()),
         });
     }
     let adapter = match local_or_repo(spec, revision)? {
@@ -107,6 +112,7 @@ pub fn resolve(
             return Ok(Resolved {
                 base: path,
                 adapter: None,
+                base_id: None,
             })
         }
         Err(repo) => {
@@ -114,6 +120,7 @@ pub fn resolve(
                 return Ok(Resolved {
                     base: hub.fetch_model(&repo, gguf_file)?,
                     adapter: None,
+                    base_id: Some(repo.id.clone()),
                 });
             }
             hub.fetch_adapter(&repo, None)?
@@ -126,9 +133,14 @@ pub fn resolve(
         cfg.base_model_name_or_path.as_deref(),
         gguf_file,
     )?;
+    // A base found as a local path (other than a known model's stand-in) keeps its path.
+    let base_id = cfg.base_model_name_or_path.clone().filter(|b| {
+        local_base(&adapter, b).is_none_or(|p| known_model(b).is_some_and(|k| k.path() == p))
+    });
     Ok(Resolved {
         base,
         adapter: Some(adapter),
+        base_id: base_id.map(|b| split_revision(&b).0.to_string()),
     })
 }
 

@@ -80,6 +80,10 @@ pub struct Model {
     registry: AdapterRegistry,
     /// `name_or_path` as transformers records it (the folder the base came from).
     pub name_or_path: String,
+    /// The base's Hub id when it was opened through the Hub (or a known model's local
+    /// stand-in): what adapters made on it record as `base_model_name_or_path`, as PEFT does
+    /// for a model loaded by repo id. `name_or_path` stays the folder (its files are read).
+    pub hub_id: Option<String>,
     pub vocab_size: usize,
     max_positions: usize,
     /// The GGUF metadata when the base came from a GGUF file (tokenizer, chat template).
@@ -222,6 +226,7 @@ impl Model {
             table,
             registry,
             name_or_path,
+            hub_id: None,
             vocab_size,
             max_positions,
             gguf_file: None,
@@ -358,10 +363,10 @@ impl Model {
         config.set_field("inference_mode", Value::Bool(!opts.is_trainable));
         let mut warnings = Vec::new();
         if let Some(b) = &config.base_model_name_or_path {
-            if !same_base(b, &self.name_or_path) {
+            if !same_base(b, &self.name_or_path) && self.hub_id.as_deref() != Some(b.as_str()) {
                 warnings.push(format!(
                     "the adapter was trained on `{b}` but the base is `{}`; the shapes fit, so it is loaded (renamed, converted or re-quantized bases are common)",
-                    self.name_or_path
+                    self.base_name()
                 ));
             }
         }
@@ -399,7 +404,7 @@ impl Model {
         }
         config.set_field(
             "base_model_name_or_path",
-            Value::String(self.name_or_path.clone()),
+            Value::String(self.base_name().to_string()),
         );
         let table = &self.table;
         let base_param = |i: usize, p: &str| -> graft_adapters::Result<Option<Tensor>> {
@@ -454,12 +459,17 @@ impl Model {
         Ok(self.registry.delete_adapter(names)?)
     }
 
+    /// The base's name as adapters record it: its Hub id, else its path.
+    pub fn base_name(&self) -> &str {
+        self.hub_id.as_deref().unwrap_or(&self.name_or_path)
+    }
+
     /// `save_pretrained(dir)`: the adapters, as PEFT writes them — the files of
     /// [`Model::adapter_files_bytes`], written under `dir`. Returns each adapter's folder.
     pub fn save_pretrained(&self, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
         Ok(self
             .registry
-            .save_pretrained(dir, names, Some(&self.name_or_path))?)
+            .save_pretrained(dir, names, Some(self.base_name()))?)
     }
 
     /// What [`Model::save_pretrained`] writes, in memory: `(relative path, bytes)` pairs,
@@ -467,9 +477,7 @@ impl Model {
     /// `names`) — `default` at the top, any other name in a subfolder of that name
     /// (`"name/adapter_config.json"`, always with `/`), as PEFT lays them out.
     pub fn adapter_files_bytes(&self, names: Option<&[&str]>) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(self
-            .registry
-            .adapter_files(names, Some(&self.name_or_path))?)
+        Ok(self.registry.adapter_files(names, Some(self.base_name()))?)
     }
 
     /// Checks ids against the vocabulary and the positions against the model's maximum.

@@ -55,6 +55,18 @@ fn known_hub_ids_resolve_to_their_fetched_gguf() {
         let r = resolve(&hub, id, None, None).expect("resolves locally");
         assert_eq!(r.base, file);
         assert_eq!(r.adapter, None);
+        // Adapters made on it record the Hub id (as PEFT does), not the models/ path.
+        assert_eq!(r.base_id.as_deref(), Some(id));
+        // An adapter folder naming the id as its base: the same.
+        let adapter = work.join(format!("adapter-{}", k.file));
+        std::fs::create_dir_all(&adapter).expect("mkdir");
+        std::fs::write(
+            adapter.join("adapter_config.json"),
+            format!(r#"{{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "{id}"}}"#),
+        )
+        .expect("write");
+        let a = resolve(&hub, adapter.to_str().expect("utf-8"), None, None).expect("adapter");
+        assert_eq!((a.base, a.base_id.as_deref()), (file.clone(), Some(id)));
         assert_eq!(
             resolve_base(&hub, &work, Some(id), None).expect("base"),
             file

@@ -1,15 +1,18 @@
 //! `graft bench --device gpu`: the GPU benchmark. Prefill tokens/s; decode tokens/s
 //! at batch 1 with no adapter, LoRA r=8 on q,v, LoRA r=16 on every linear layer and IA3;
-//! dispatches and submits per token; quantized mat-vec bandwidth next to a copy kernel's.
+//! dispatches and submits per token; the decode mat-vec's bandwidth for every GGUF block type
+//! next to a copy kernel's.
 //! Timings are wall clock around submit and read-back, best of `runs`.
 
 use std::path::Path;
 use std::time::Instant;
 
-use graft_gpu::kernels::{CopyParams, Fmt, Kernel, LinearParams, WeightDesc, TN_DECODE};
+use graft_gpu::kernels::{CopyParams, Kernel, LinearParams, TN_DECODE};
 use graft_gpu::ops::{Input, Ops};
+use graft_gpu::weights::{storage, Packed};
 use graft_gpu::{Gpu, GpuStats};
 use graft_models::{Device, DeviceOptions, Model};
+use graft_quant::{QMatrix, QType};
 use serde_json::json;
 
 use super::model::ModelArgs;
@@ -61,65 +64,88 @@ fn measure(
     Ok((best_p, best_d, dispatches, submits))
 }
 
-/// (copy GB/s, quantized mat-vec GB/s, shape)
-fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
+/// The GGUF block types the GPU decodes, as the mat-vec benchmark runs them.
+const MATVEC_TYPES: [QType; 10] = [
+    QType::Q8_0,
+    QType::Q4_0,
+    QType::Q4_1,
+    QType::Q5_0,
+    QType::Q5_1,
+    QType::Q2_K,
+    QType::Q3_K,
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q6_K,
+];
+
+/// Copy-kernel GB/s, then (type, rows × cols, mat-vec GB/s) for every GGUF block type: a decode
+/// mat-vec (batch 1) over a weight as large as one binding allows (at most 64 Mi weights), in
+/// the layout the model uploads. The blocks are random bytes: the kernels' speed does not depend
+/// on the values (no branch reads them), so no valid scales are needed.
+type Bandwidth = (f64, Vec<(QType, (u32, u32), f64)>);
+
+fn bandwidth(gpu: &Gpu) -> CliResult<Bandwidth> {
     let ops = Ops::new(gpu);
     let limit = gpu.binding_limit();
-    // Q4_1 at 0.625 bytes per weight, cols 4096; as many rows as fit (at most 64 Mi weights).
-    let cols = 4096u32;
-    let rows = ((limit / (cols as u64 * 5 / 8)) as u32).min(16384) / 8 * 8;
-    let blocks = cols / 32;
+    let cols = 4096usize;
     let mut seed = 0x9e3779b9u32;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed
+    let mut rnd = move |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
     };
-    let wq: Vec<u32> = (0..rows as usize * (cols / 8) as usize)
-        .map(|_| rnd())
-        .collect();
-    // (d, m) = (2^-10, -2^-7) as f16 pairs
-    let ws: Vec<u32> = vec![0x1400 | (0xa000 << 16); rows as usize * blocks as usize];
-    let bytes = 4 * (wq.len() + ws.len()) as u64;
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
-    let wq_b = ops.upload_u32(&wq)?;
-    let ws_b = ops.upload_u32(&ws)?;
-    let p = LinearParams {
-        wd: WeightDesc {
-            rows,
-            cols,
-            row_words: cols / 8,
-            row_swords: blocks,
-        },
-        n: 1,
-        x_stride: cols,
-        y_stride: rows,
-        c8n: cols / 8,
-        ..Default::default()
-    };
-    let y = vec![0f32; rows as usize];
-    let t_mv = ops.time(
-        Kernel::Linear {
-            fmt: Fmt::Q4_1,
-            tn: TN_DECODE,
-        },
-        bytemuck::bytes_of(&p),
-        &[
-            Input::F32(&x),
-            Input::Buffer(&wq_b),
-            Input::Buffer(&ws_b),
-            Input::F32(&[0.0; 4]),
-            Input::F32(&[0.0; 4]),
-            Input::F32(&[0.0; 4]),
-            Input::F32(&y),
-        ],
-        (rows.div_ceil(8), 1, 1),
-        20,
-    )?;
-    drop((wq_b, ws_b));
-    // copy the same number of bytes
-    let len4 = (bytes / 16) as u32;
+    let mut out = Vec::new();
+    let mut largest = 0u64;
+    for qtype in MATVEC_TYPES {
+        let row_bytes = QMatrix::row_bytes(qtype, cols)?;
+        let rows = ((limit / row_bytes as u64) as usize).min(16384) / 8 * 8;
+        let q = QMatrix::from_raw(qtype, rows, cols, rnd(rows * row_bytes), Vec::new())?;
+        let packed = Packed::from_qmatrix(&q)?;
+        let bytes = packed.nbytes();
+        largest = largest.max(bytes);
+        let wq = storage(gpu, "weights", &packed.wq)?;
+        let ws = storage(gpu, "scales", &packed.ws)?;
+        let p = LinearParams {
+            wd: packed.desc,
+            n: 1,
+            x_stride: packed.desc.cols,
+            y_stride: packed.desc.rows,
+            c8n: packed.c8n,
+            ..Default::default()
+        };
+        let y = vec![0f32; rows];
+        let t = ops.time(
+            Kernel::Linear {
+                fmt: packed.fmt,
+                tn: TN_DECODE,
+            },
+            bytemuck::bytes_of(&p),
+            &[
+                Input::F32(&x),
+                Input::Buffer(&wq),
+                Input::Buffer(&ws),
+                Input::F32(&[0.0; 4]),
+                Input::F32(&[0.0; 4]),
+                Input::F32(&[0.0; 4]),
+                Input::F32(&y),
+            ],
+            (packed.desc.rows.div_ceil(8), 1, 1),
+            20,
+        )?;
+        out.push((
+            qtype,
+            (packed.desc.rows, packed.desc.cols),
+            bytes as f64 / t / 1e9,
+        ));
+    }
+    // copy as many bytes as the largest weight
+    let len4 = u32::try_from(largest / 16).map_err(|_| "copy size out of range")?;
     let src = ops.upload_u32(&vec![1u32; len4 as usize * 4])?;
     let dst = ops.upload_u32(&vec![0u32; len4 as usize * 4])?;
     let cp = CopyParams {
@@ -135,11 +161,7 @@ fn bandwidth(gpu: &Gpu) -> CliResult<(f64, f64, (u32, u32))> {
         20,
     )?;
     // the copy reads and writes every byte
-    Ok((
-        2.0 * bytes as f64 / t_cp / 1e9,
-        bytes as f64 / t_mv / 1e9,
-        (rows, cols),
-    ))
+    Ok((2.0 * (len4 as u64 * 16) as f64 / t_cp / 1e9, out))
 }
 
 pub fn run(
@@ -232,13 +254,15 @@ pub fn run(
             "dispatches_per_token": disp, "submits_per_token": subs}),
         );
     }
-    let (copy, mv, shape) = bandwidth(&gpu)?;
-    println!(
-        "bandwidth: copy kernel {copy:.1} GB/s; Q4_1 mat-vec {}x{} {mv:.1} GB/s = {:.0}% of the copy kernel",
-        shape.0,
-        shape.1,
-        mv / copy * 100.0
-    );
+    let (copy, matvec) = bandwidth(&gpu)?;
+    println!("bandwidth: copy kernel {copy:.1} GB/s; decode mat-vec per weight type (GB/s of weights read, % of the copy kernel):");
+    for (qtype, (r, c), gbps) in &matvec {
+        println!(
+            "  {:<5} {r}x{c}: {gbps:.1} GB/s = {:.0}%",
+            format!("{qtype:?}"),
+            gbps / copy * 100.0
+        );
+    }
     let compiled = model
         .with_gpu(|g, _, _| g.pipelines_compiled())
         .unwrap_or(0);
@@ -247,8 +271,8 @@ pub fn run(
         let v = json!({
             "engine": "graft-gpu", "device": gpu.info.name, "backend": gpu.info.backend,
             "driver": gpu.info.driver, "f16_weights": f16_weights, "prompt_tokens": prompt_tokens,
-            "decode_tokens": decode, "rows": rows, "copy_gbps": copy, "q4_1_matvec_gbps": mv,
-            "matvec_shape": [shape.0, shape.1],
+            "decode_tokens": decode, "rows": rows, "copy_gbps": copy,
+            "matvec": matvec.iter().map(|(t, (r, c), g)| json!({"type": format!("{t:?}"), "rows": r, "cols": c, "gbps": g})).collect::<Vec<_>>(),
         });
         std::fs::write(j, serde_json::to_string_pretty(&v)?)
             .map_err(|e| format!("{}: {e}", j.display()))?;

@@ -159,6 +159,9 @@ pub fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
     };
     let base = resolved.base.clone();
     let mut model = Model::open_base_with(&base, &opts)?;
+    // Adapters made on a Hub model (`graft train`) name the repo, as PEFT's do, not this
+    // machine's cache or models/ path.
+    model.hub_id = resolved.base_id.clone();
     if let Some(adapter) = &resolved.adapter {
         eprintln!(
             "graft: {spec} is an adapter; its base is {}",
