@@ -64,6 +64,21 @@ fn measure(
     Ok((best_p, best_d, dispatches, submits))
 }
 
+/// A seeded xorshift byte stream: `n` bytes per call (benchmark weights, whose values do not
+/// matter).
+fn random_bytes(mut seed: u32) -> impl FnMut(usize) -> Vec<u8> {
+    move |n| {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
+    }
+}
+
 /// The GGUF block types the GPU decodes, as the mat-vec benchmark runs them.
 const MATVEC_TYPES: [QType; 10] = [
     QType::Q8_0,
@@ -88,17 +103,7 @@ fn bandwidth(gpu: &Gpu) -> CliResult<Bandwidth> {
     let ops = Ops::new(gpu);
     let limit = gpu.binding_limit();
     let cols = 4096usize;
-    let mut seed = 0x9e3779b9u32;
-    let mut rnd = move |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                seed as u8
-            })
-            .collect()
-    };
+    let mut rnd = random_bytes(0x9e3779b9);
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
     let mut out = Vec::new();
     let mut largest = 0u64;
@@ -288,17 +293,7 @@ pub fn synthetic_smollm2() -> Vec<u8> {
     use graft_arch::gguf::Value;
     let (vocab, h, inter, layers, heads, kv, hd) =
         (49152u64, 576u64, 1536u64, 30, 9u64, 3u64, 64u64);
-    let mut seed = 0x2545f491u32;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                seed as u8
-            })
-            .collect()
-    };
+    let mut bytes = random_bytes(0x2545f491);
     // (d, m) f16 = (2^-7, -2^-4) for Q4_1; d = 2^-9 for Q8_0
     let q4_1 = |rows: u64, cols: u64, bytes: &mut dyn FnMut(usize) -> Vec<u8>| -> Vec<u8> {
         let blocks = (rows * cols / 32) as usize;
