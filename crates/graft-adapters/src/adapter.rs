@@ -151,27 +151,54 @@ pub fn linear_forward(
     if active.is_empty() {
         return linear(x, weight, bias);
     }
-    let mut in_scale: Option<Tensor> = None;
-    let mut out_scale: Option<Tensor> = None;
-    for a in active {
-        if let ModuleAdapter::Ia3(i) = a {
-            let slot = if i.feedforward {
-                &mut in_scale
-            } else {
-                &mut out_scale
-            };
-            *slot = Some(match slot.take() {
-                Some(s) => (s * &i.l)?,
-                None => i.l.clone(),
-            });
-        }
-    }
-    let mut result = match &in_scale {
-        Some(s) => linear(&x.broadcast_mul(s)?, weight, bias)?,
+    let result = match adapter_input(x, active)? {
+        Some(xs) => linear(&xs, weight, bias)?,
         None => linear(x, weight, bias)?,
     };
-    if let Some(s) = &out_scale {
-        result = result.broadcast_mul(s)?;
+    linear_finish(x, result, bias, active)
+}
+
+/// The product of the input scales of the active IA3 layers on feed-forward modules (`None`:
+/// there are none). Multiplied in load order, as PEFT does.
+fn scales(active: &[&ModuleAdapter], feedforward: bool) -> Result<Option<Tensor>> {
+    let mut scale: Option<Tensor> = None;
+    for a in active {
+        if let ModuleAdapter::Ia3(i) = a {
+            if i.feedforward == feedforward {
+                scale = Some(match scale.take() {
+                    Some(s) => (s * &i.l)?,
+                    None => i.l.clone(),
+                });
+            }
+        }
+    }
+    Ok(scale)
+}
+
+/// What the base matmul of [`linear_forward`] multiplies: `x` scaled by the active IA3 layers
+/// of a feed-forward module, or `None` when it is `x` itself. A batched caller that runs one
+/// base matmul for the rows of several adapters scales each adapter's rows with this first.
+pub fn adapter_input(x: &Tensor, active: &[&ModuleAdapter]) -> Result<Option<Tensor>> {
+    Ok(match scales(active, true)? {
+        Some(s) => Some(x.broadcast_mul(&s)?),
+        None => None,
+    })
+}
+
+/// The rest of [`linear_forward`] after the base matmul: `result` is `linear(adapter_input(x),
+/// W, b)`; the output IA3 scales, then the LoRA/AdaLoRA/DoRA terms of `x`. The same operations
+/// on the same values as [`linear_forward`], so a batched caller gets its numbers bit for bit.
+pub fn linear_finish(
+    x: &Tensor,
+    mut result: Tensor,
+    bias: Option<&Tensor>,
+    active: &[&ModuleAdapter],
+) -> Result<Tensor> {
+    if active.is_empty() {
+        return Ok(result);
+    }
+    if let Some(s) = scales(active, false)? {
+        result = result.broadcast_mul(&s)?;
     }
     // Decode steps (a few tokens) with plain LoRA layers: compute all deltas in one pass over
     // f32 slices instead of ~5 tensor ops per adapter (the op overhead dominates at r = 8).

@@ -118,6 +118,10 @@ enum Command {
     /// Training tokens/s and peak memory on a fixed workload (scripts/bench_train.sh runs the
     /// same one in transformers + PEFT).
     BenchTrain(Box<train::BenchTrainCmd>),
+    /// An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, vLLM's
+    /// /v1/load_lora_adapter) for the model and many adapters at once: each request names its
+    /// adapter in `model`, and requests share one running batch whatever their adapters.
+    Serve(Box<serve::ServeCmd>),
     /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
     /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
     /// folder when no FILES are named. Every file is verified against the Hub's hash.
@@ -143,7 +147,7 @@ mod cmd;
 mod hints;
 
 use cmd::model::{HubArgs, ModelArgs};
-use cmd::{bench, download, generate, inspect, logits, train};
+use cmd::{bench, download, generate, inspect, logits, serve, train};
 
 fn main() -> ExitCode {
     // Mesa's device-select Vulkan layer tries to reach a Wayland display to rank GPUs and prints
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
             quiet,
             hub,
         } => download::download(repo, files, repo_type, *quiet, hub),
+        Command::Serve(s) => serve::serve(s),
         Command::Train(t) => train::train(t),
         Command::BenchTrain(t) => train::bench_train(t),
     };

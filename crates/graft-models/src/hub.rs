@@ -197,4 +197,25 @@ impl Model {
         };
         self.load_adapter(&dir, opts)
     }
+
+    /// [`Model::load_adapter_hub`] without joining the registry (see
+    /// [`Model::build_adapter_dir`]).
+    pub fn build_adapter_hub(
+        &self,
+        hub: &Hub,
+        spec: &str,
+        revision: Option<&str>,
+        opts: LoadAdapterOptions,
+    ) -> Result<graft_adapters::Adapter> {
+        let dir = adapter_dir(hub, spec, revision, opts.subfolder.as_deref())?;
+        let opts = if local_or_repo(spec, revision)?.is_err() {
+            LoadAdapterOptions {
+                subfolder: None,
+                ..opts
+            }
+        } else {
+            opts
+        };
+        self.build_adapter_dir(&dir, opts)
+    }
 }

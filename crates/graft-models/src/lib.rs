@@ -18,6 +18,6 @@ pub mod sampling;
 
 pub use device::{Device, DeviceOptions, DeviceReport};
 pub use error::{Error, Result};
-pub use graft_cpu::KvCache;
+pub use graft_cpu::{replaces_parameters, KvCache, Sequence};
 pub use model::{LoadAdapterOptions, Model, OpenOptions, Threading};
 pub use sampling::Sampling;

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use graft_adapters::adapter::WeightMatrix;
 use graft_adapters::config::AdapterConfig;
 use graft_adapters::files::{is_adapter_dir, parse_adapter, read_adapter_config, read_adapter_dir};
-use graft_adapters::inject::{build_adapter, InjectOptions, LoadReport};
+use graft_adapters::inject::{build_adapter, Adapter, InjectOptions, LoadReport};
 use graft_adapters::tensors::{read_file, LoadedTensor, MAX_FILE_SIZE};
 use graft_adapters::AdapterRegistry;
 use graft_arch::gguf_weights::GgufFile;
@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::device::Backend;
 use crate::error::{Error, Result};
 use crate::sampling::{Sampler, Sampling};
-use graft_cpu::{Ctx, KvCache};
+use graft_cpu::{Ctx, KvCache, Sequence};
 
 /// Options of `load_adapter`.
 #[derive(Debug, Clone, Default)]
@@ -349,7 +349,7 @@ impl Model {
     /// `load_adapter(peft_config=…, adapter_state_dict=…)`: from memory.
     pub fn load_adapter_from_state(
         &mut self,
-        mut config: AdapterConfig,
+        config: AdapterConfig,
         state: BTreeMap<String, LoadedTensor>,
         opts: LoadAdapterOptions,
     ) -> Result<LoadReport> {
@@ -360,6 +360,32 @@ impl Model {
         if self.registry.get(&name).is_some() {
             return Err(graft_adapters::Error::AdapterExists(name).into());
         }
+        let adapter = self.build_adapter(config, state, opts)?;
+        let report = adapter.report.clone();
+        self.registry.insert(adapter, false)?;
+        Ok(report)
+    }
+
+    /// An adapter folder built for this base exactly as [`Model::load_adapter`] builds it, but
+    /// handed back instead of joining the registry: a server keeps its adapters itself and
+    /// runs each sequence with its own ([`Model::forward_batch`]). Needs only `&self`, so
+    /// adapters load on other threads while the model runs.
+    pub fn build_adapter_dir(&self, path: &Path, opts: LoadAdapterOptions) -> Result<Adapter> {
+        let files = read_adapter_dir(path, opts.subfolder.as_deref())?;
+        self.build_adapter(files.config, files.tensors, opts)
+    }
+
+    /// [`Model::build_adapter_dir`] from a config and a state dict in memory.
+    pub fn build_adapter(
+        &self,
+        mut config: AdapterConfig,
+        state: BTreeMap<String, LoadedTensor>,
+        opts: LoadAdapterOptions,
+    ) -> Result<Adapter> {
+        let name = opts
+            .adapter_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
         config.set_field("inference_mode", Value::Bool(!opts.is_trainable));
         let mut warnings = Vec::new();
         if let Some(b) = &config.base_model_name_or_path {
@@ -385,9 +411,7 @@ impl Model {
             &inject,
         )?;
         adapter.report.warnings.extend(warnings);
-        let report = adapter.report.clone();
-        self.registry.insert(adapter, false)?;
-        Ok(report)
+        Ok(adapter)
     }
 
     /// `add_adapter(config, adapter_name)`: a fresh adapter, initialised as PEFT does, and made
@@ -536,6 +560,20 @@ impl Model {
         Ok(graft_cpu::forward(
             &self.net, &ctx, tokens, cache, last_only,
         )?)
+    }
+
+    /// One CPU forward pass over several sequences, each with its own cache and adapter
+    /// (see [`graft_cpu::forward_batch`]): the last position's logits of each,
+    /// (sequences, vocab), each bit for bit what that sequence gets alone.
+    pub fn forward_batch(&self, seqs: &mut [Sequence]) -> Result<Tensor> {
+        for s in seqs.iter() {
+            self.check_tokens(s.ids, s.cache.len)?;
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(pool) = &self.pool {
+            return pool.install(|| Ok(graft_cpu::forward_batch(&self.net, &self.table, seqs)?));
+        }
+        Ok(graft_cpu::forward_batch(&self.net, &self.table, seqs)?)
     }
 
     /// Generation on the CPU (see [`Model::generate_with`]).

@@ -477,6 +477,7 @@ mod avx2 {
 
 /// Rows `r0..` of the output into `out` ((rows in chunk) × n, by weight row).
 #[inline(always)]
+#[cfg(test)]
 pub(crate) fn rows_generic<const FMA: bool>(
     m: &QMatrix,
     x: &[f32],
@@ -485,8 +486,24 @@ pub(crate) fn rows_generic<const FMA: bool>(
     r0: usize,
     out: &mut [f32],
 ) {
+    rows_generic_as::<FMA>(m, x, xsum, n, r0, out, false)
+}
+
+/// [`rows_generic`]; with `per_token`, every token takes the one-token path (the fused block
+/// dot), so each token's outputs are bit for bit what a one-token call gives, whatever `n` is:
+/// what a server batching several sequences' decode steps needs to give each the numbers it
+/// gets alone.
+pub(crate) fn rows_generic_as<const FMA: bool>(
+    m: &QMatrix,
+    x: &[f32],
+    xsum: &[f32],
+    n: usize,
+    r0: usize,
+    out: &mut [f32],
+    per_token: bool,
+) {
     let rows = out.len() / n.max(1);
-    let fused = n < 4 && is_block_format(m.qtype);
+    let fused = (n < 4 || per_token) && is_block_format(m.qtype);
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
     if fused {
@@ -591,8 +608,16 @@ fn fused_row_dot_fast(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn rows_avx2(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f32]) {
-    rows_generic::<true>(m, x, xsum, n, r0, out)
+fn rows_avx2(
+    m: &QMatrix,
+    x: &[f32],
+    xsum: &[f32],
+    n: usize,
+    r0: usize,
+    out: &mut [f32],
+    per_token: bool,
+) {
+    rows_generic_as::<true>(m, x, xsum, n, r0, out, per_token)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -606,24 +631,46 @@ fn has_avx2() -> bool {
     })
 }
 
-#[allow(unsafe_code)]
+#[cfg(test)]
 pub(crate) fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f32]) {
+    rows_as(m, x, xsum, n, r0, out, false)
+}
+
+#[allow(unsafe_code)]
+fn rows_as(
+    m: &QMatrix,
+    x: &[f32],
+    xsum: &[f32],
+    n: usize,
+    r0: usize,
+    out: &mut [f32],
+    per_token: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: `rows_avx2` only needs the CPU to support AVX2, FMA and F16C, checked just above.
-        unsafe { rows_avx2(m, x, xsum, n, r0, out) };
+        unsafe { rows_avx2(m, x, xsum, n, r0, out, per_token) };
         return;
     }
-    rows_generic::<false>(m, x, xsum, n, r0, out)
+    rows_generic_as::<false>(m, x, xsum, n, r0, out, per_token)
 }
 
 /// y (n, rows) = x (n, cols) · Wᵀ for a few tokens (decode), on the spinning pool.
 pub fn matvec_spin(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize) -> Vec<f32> {
+    matvec_spin_as(m, x, n, false)
+}
+
+/// [`matvec_spin`] with each token computed as alone (see [`rows_generic_as`]).
+pub fn matvec_spin_per_token(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize) -> Vec<f32> {
+    matvec_spin_as(m, x, n, true)
+}
+
+fn matvec_spin_as(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize, per_token: bool) -> Vec<f32> {
     use std::sync::{Arc, Mutex};
     let pool = crate::pool::SpinPool::global();
     let parts = pool.parts().min(m.rows.max(1));
     if parts <= 1 || m.rows * m.cols * n < 1 << 15 {
-        return matmul(m, x, n);
+        return matmul_as(m, x, n, per_token);
     }
     let xsum: Vec<f32> = if m.cols.is_multiple_of(32) {
         x.chunks_exact(32).map(|c| c.iter().sum()).collect()
@@ -644,7 +691,7 @@ pub fn matvec_spin(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize) -> Vec<f32>
         let r1 = (r0 + per).min(mm.rows);
         let mut local = vec![0f32; (r1 - r0) * n];
         if r1 > r0 {
-            rows(&mm, &xa, &xs, n, r0, &mut local);
+            rows_as(&mm, &xa, &xs, n, r0, &mut local, per_token);
         }
         *sl[part].lock().unwrap_or_else(|p| p.into_inner()) = local;
     }));
@@ -666,6 +713,10 @@ pub fn matvec_spin(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize) -> Vec<f32>
 
 /// y (n, rows) = x (n, cols) · Wᵀ.
 pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    matmul_as(m, x, n, false)
+}
+
+fn matmul_as(m: &QMatrix, x: &[f32], n: usize, per_token: bool) -> Vec<f32> {
     let xsum: Vec<f32> = if m.cols.is_multiple_of(32) {
         x.chunks_exact(32).map(|c| c.iter().sum()).collect()
     } else {
@@ -675,7 +726,7 @@ pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     let mut out_t = vec![0f32; m.rows * n];
     let work = m.rows * m.cols * n.max(1);
     if work < 1 << 15 || m.rows < 2 {
-        rows(m, x, &xsum, n, 0, &mut out_t);
+        rows_as(m, x, &xsum, n, 0, &mut out_t, per_token);
     } else {
         // Chunks of rows big enough to amortise scheduling, small enough to balance.
         let threads = rayon::current_num_threads().max(1);
@@ -684,7 +735,7 @@ pub fn matmul(m: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
             .par_chunks_mut(per * n)
             .enumerate()
             .for_each(|(ci, chunk)| {
-                rows(m, x, &xsum, n, ci * per, chunk);
+                rows_as(m, x, &xsum, n, ci * per, chunk, per_token);
             });
     }
     if n == 1 {

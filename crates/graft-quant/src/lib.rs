@@ -565,6 +565,19 @@ impl QMatrix {
         Ok(kernels::matvec_spin(self, x, n))
     }
 
+    /// [`QMatrix::matmul_shared`] where each token's outputs are bit for bit those of a
+    /// one-token call, whatever `n` is: one pass over the weights for the decode steps of
+    /// several sequences, each getting the numbers it gets alone.
+    pub fn matmul_per_token(self: &std::sync::Arc<Self>, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        if x.len() != n * self.cols {
+            return Err(Error::InputWidth {
+                expected: self.cols,
+                got: x.len() / n.max(1),
+            });
+        }
+        Ok(kernels::matvec_spin_per_token(self, x, n))
+    }
+
     /// Bytes held (data + scales).
     pub fn nbytes(&self) -> usize {
         self.data.len() + 4 * self.scales.len()

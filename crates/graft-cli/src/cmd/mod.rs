@@ -7,4 +7,5 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod model;
+pub mod serve;
 pub mod train;

@@ -54,7 +54,7 @@ pub struct ModelArgs {
 
 /// How to reach the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE and HF_HUB_OFFLINE
 /// are read as huggingface_hub reads them; these flags override them).
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct HubArgs {
     /// Revision of a --model repo id: branch, tag or commit (default main).
     #[arg(long)]
