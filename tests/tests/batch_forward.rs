@@ -20,10 +20,7 @@ const ADAPTERS: &[(&str, &str, &str)] = &[
 ];
 
 fn model(quantize: Option<QType>) -> Model {
-    let opts = OpenOptions {
-        quantize,
-        ..Default::default()
-    };
+    let opts = OpenOptions { quantize };
     let mut m = Model::open_base_with(&fixtures().join("models/llama"), &opts).unwrap();
     for (name, case, dir) in ADAPTERS {
         let path = fixtures()
@@ -209,8 +206,8 @@ fn parameter_replacing_adapter_runs_alone() {
         },
     ];
     let l = graft_cpu::forward_batch(m.network(), m.table(), &mut seqs).unwrap();
-    let w1 = alone(&mut m, Some("saved"), &[p1.clone()]);
-    let w2 = alone(&mut m, Some("saved"), &[p2.clone()]);
+    let w1 = alone(&mut m, Some("saved"), std::slice::from_ref(&p1));
+    let w2 = alone(&mut m, Some("saved"), std::slice::from_ref(&p2));
     assert_eq!(l.get(0).unwrap().to_vec1::<f32>().unwrap(), w1[0]);
     assert_eq!(l.get(1).unwrap().to_vec1::<f32>().unwrap(), w2[0]);
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! core ← quant, text ← arch (the descriptions) ← cpu, gpu (backends) ← models (the Model)
-//!      ← train ← faces (cli, wasm)          hub: beside everything, depends on no graft crate
+//!      ← train ← faces (cli, wasm, serve; cli mounts serve)   hub: beside everything, depends on no graft crate
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +28,10 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     with_models.push("graft-models");
     let mut faces = with_models.clone();
     faces.push("graft-train");
+    // the server is a face the CLI mounts (`graft serve`)
+    let serve = with_models.clone();
+    let mut cli = faces.clone();
+    cli.push("graft-serve");
     BTreeMap::from([
         ("graft-adapters", vec![]),
         ("graft-quant", vec!["graft-adapters"]),
@@ -45,7 +49,8 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         ("graft-models", below_models),
         ("graft-train", with_models),
-        ("graft-cli", faces.clone()),
+        ("graft-serve", serve),
+        ("graft-cli", cli),
         ("graft-wasm", faces),
     ])
 }

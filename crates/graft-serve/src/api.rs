@@ -271,19 +271,20 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>> {
         let Some(o) = m.as_object() else {
             return Err(ApiError::field(&at, format!("`{at}` must be an object")));
         };
-        let role =
-            match o.get("role").and_then(Value::as_str) {
-                // OpenAI's newer name for system instructions; chat templates know `system`.
-                Some("developer") => "system",
-                Some(r @ ("system" | "user" | "assistant")) => r,
-                Some(r) => return Err(ApiError::field(
+        let role = match o.get("role").and_then(Value::as_str) {
+            // OpenAI's newer name for system instructions; chat templates know `system`.
+            Some("developer") => "system",
+            Some(r @ ("system" | "user" | "assistant")) => r,
+            Some(r) => {
+                return Err(ApiError::field(
                     &at,
                     format!(
                         "`{at}.role` `{r}` is not supported (system, developer, user, assistant)"
                     ),
-                )),
-                None => return Err(ApiError::field(&at, format!("`{at}.role` is required"))),
-            };
+                ))
+            }
+            None => return Err(ApiError::field(&at, format!("`{at}.role` is required"))),
+        };
         for k in o.keys() {
             if !matches!(k.as_str(), "role" | "content" | "name") {
                 return Err(ApiError::field(&at, format!("`{at}.{k}` is not supported")));

@@ -200,6 +200,7 @@ impl Loop {
             self.metrics.running.set(self.running.len() as i64);
             if !self.running.is_empty() {
                 self.step();
+                self.metrics.running.set(self.running.len() as i64);
             }
         }
     }
