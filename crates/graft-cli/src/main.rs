@@ -122,6 +122,9 @@ enum Command {
     /// /v1/load_lora_adapter) for the model and many adapters at once: each request names its
     /// adapter in `model`, and requests share one running batch whatever their adapters.
     Serve(Box<serve::ServeCmd>),
+    /// Closed-loop clients against an OpenAI-compatible server (graft serve, or llama-server
+    /// with --api llama): output tokens/s, time to first token and inter-token latency.
+    BenchServe(Box<bench_serve::BenchServeCmd>),
     /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
     /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
     /// folder when no FILES are named. Every file is verified against the Hub's hash.
@@ -147,7 +150,7 @@ mod cmd;
 mod hints;
 
 use cmd::model::{HubArgs, ModelArgs};
-use cmd::{bench, download, generate, inspect, logits, serve, train};
+use cmd::{bench, bench_serve, download, generate, inspect, logits, serve, train};
 
 fn main() -> ExitCode {
     // Mesa's device-select Vulkan layer tries to reach a Wayland display to rank GPUs and prints
@@ -217,6 +220,7 @@ fn main() -> ExitCode {
             hub,
         } => download::download(repo, files, repo_type, *quiet, hub),
         Command::Serve(s) => serve::serve(s),
+        Command::BenchServe(b) => bench_serve::bench_serve(b),
         Command::Train(t) => train::train(t),
         Command::BenchTrain(t) => train::bench_train(t),
     };

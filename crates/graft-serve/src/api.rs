@@ -43,6 +43,8 @@ pub struct Request {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// vLLM's and llama.cpp's extension: EOS does not end the answer (benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// Fields accepted and without effect on the answer.
@@ -142,6 +144,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Request> {
         stop: Vec::new(),
         stream: false,
         include_usage: false,
+        ignore_eos: false,
     };
     let mut have_input = false;
     for (k, v) in &m {
@@ -204,6 +207,11 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Request> {
                 }
             }
             "stop" => r.stop = stop(v)?,
+            "ignore_eos" => {
+                if !v.is_null() {
+                    r.ignore_eos = as_bool(v, k)?
+                }
+            }
             "stream" => {
                 if !v.is_null() {
                     r.stream = as_bool(v, k)?

@@ -54,6 +54,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// EOS does not end the answer.
+    pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
 }
@@ -361,7 +363,7 @@ impl Loop {
             }
             s.last_token = Some(now);
             let mut finish: Option<&'static str> = None;
-            if self.eos.contains(&token) {
+            if !s.job.ignore_eos && self.eos.contains(&token) {
                 finish = Some("stop");
                 let text = self.tokenizer.decode(&s.produced, true).unwrap_or_default();
                 let rest = s.text.flush(&text);

@@ -246,6 +246,7 @@ async fn generate(
             seed,
         },
         stop: req.stop.clone(),
+        ignore_eos: req.ignore_eos,
         events: tx,
         arrived,
     };
