@@ -163,17 +163,60 @@ mod avx2 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
     }
 
+    /// Eight f32 lanes of each half of sixteen unsigned (`SIGNED` false) or signed bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen<const SIGNED: bool>(q: __m128i) -> (__m256, __m256) {
+        if SIGNED {
+            (
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))),
+            )
+        } else {
+            (
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)),
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8))),
+            )
+        }
+    }
+
+    /// Sixteen widened weights times the first 16 values of `x`, as eight lanes of partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot16(w: (__m256, __m256), x: &[f32]) -> __m256 {
+        let x = &x[..16];
+        // SAFETY: `x` has 16 values.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+            )
+        };
+        _mm256_fmadd_ps(w.1, x1, _mm256_mul_ps(w.0, x0))
+    }
+
+    // Every kernel below takes N tokens' activations: each block of the row is decoded once
+    // and multiplied into each token's own accumulators, with the same operations in the same
+    // order for every token whatever N is, so a token's result is bit for bit its one-token
+    // result (what a server batching several sequences' decode steps needs).
+
     /// Q4_0 (`skip` 2, offset −8·d) and Q4_1 (`skip` 4, offset m) rows.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `row` holds whole `stride`-byte blocks
-    /// (`stride` ≥ `skip` + 16), and `x` and `xsum` cover as many 32-value blocks.
+    /// (`stride` ≥ `skip` + 16), and each `x` and `xsum` cover as many 32-value blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_dot(row: &[u8], stride: usize, skip: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    pub unsafe fn q4_dot<const N: usize>(
+        row: &[u8],
+        stride: usize,
+        skip: usize,
+        x: [&[f32]; N],
+        xsum: [&[f32]; N],
+    ) -> [f32; N] {
         let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for ((blk, xs), &xsb) in row.chunks_exact(stride).zip(x.chunks_exact(32)).zip(xsum) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offset = [0f32; N];
+        for (b, blk) in row.chunks_exact(stride).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let dm = scales(blk);
             let d = _mm_cvtss_f32(dm);
@@ -182,30 +225,31 @@ mod avx2 {
             } else {
                 -8.0 * d
             };
-            let qs = &blk[skip..skip + 16];
-            // SAFETY: `qs` has 16 bytes and `xs` 32 values (chunks_exact above).
-            let (q, x0, x1, x2, x3) = unsafe {
-                let xp = xs.as_ptr();
-                (
-                    _mm_loadu_si128(qs.as_ptr() as *const __m128i),
-                    _mm256_loadu_ps(xp),
-                    _mm256_loadu_ps(xp.add(8)),
-                    _mm256_loadu_ps(xp.add(16)),
-                    _mm256_loadu_ps(xp.add(24)),
-                )
-            };
+            let q = load16(&blk[skip..]);
             let lo = _mm_and_si128(q, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-            let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-            let w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-            let w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-            let s01 = _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0));
-            let s23 = _mm256_fmadd_ps(w3, x3, _mm256_mul_ps(w2, x2));
-            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_add_ps(s01, s23), acc);
-            offset = m.mul_add(xsb, offset);
+            let (w0, w1) = widen::<false>(lo);
+            let (w2, w3) = widen::<false>(hi);
+            let dv = _mm256_broadcastss_ps(dm);
+            for k in 0..N {
+                let xs = &x[k][32 * b..32 * b + 32];
+                // SAFETY: `xs` has 32 values.
+                let (x0, x1, x2, x3) = unsafe {
+                    let xp = xs.as_ptr();
+                    (
+                        _mm256_loadu_ps(xp),
+                        _mm256_loadu_ps(xp.add(8)),
+                        _mm256_loadu_ps(xp.add(16)),
+                        _mm256_loadu_ps(xp.add(24)),
+                    )
+                };
+                let s01 = _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0));
+                let s23 = _mm256_fmadd_ps(w3, x3, _mm256_mul_ps(w2, x2));
+                acc[k] = _mm256_fmadd_ps(dv, _mm256_add_ps(s01, s23), acc[k]);
+                offset[k] = m.mul_add(xsum[k][b], offset[k]);
+            }
         }
-        hsum(acc) + offset
+        std::array::from_fn(|k| hsum(acc[k]) + offset[k])
     }
 
     /// Q8_0 rows.
@@ -213,27 +257,30 @@ mod avx2 {
     /// # Safety
     /// As [`q4_dot`], with 34-byte blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_dot(row: &[u8], x: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (blk, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+    pub unsafe fn q8_dot<const N: usize>(row: &[u8], x: [&[f32]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, blk) in row.chunks_exact(34).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let d = scales(blk);
+            let d = _mm256_broadcastss_ps(scales(blk));
             let qs = &blk[2..34];
-            let mut s = [_mm256_setzero_ps(); 2];
-            for g in 0..4 {
-                // SAFETY: `qs` has 32 bytes and `xs` 32 values (chunks_exact above).
-                let (q, xv) = unsafe {
-                    (
-                        _mm_loadl_epi64(qs.as_ptr().add(8 * g) as *const __m128i),
-                        _mm256_loadu_ps(xs.as_ptr().add(8 * g)),
-                    )
-                };
-                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                s[g % 2] = _mm256_fmadd_ps(w, xv, s[g % 2]);
+            let mut w = [_mm256_setzero_ps(); 4];
+            for (g, wg) in w.iter_mut().enumerate() {
+                // SAFETY: `qs` has 32 bytes.
+                let q = unsafe { _mm_loadl_epi64(qs.as_ptr().add(8 * g) as *const __m128i) };
+                *wg = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
             }
-            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_add_ps(s[0], s[1]), acc);
+            for k in 0..N {
+                let xs = &x[k][32 * b..32 * b + 32];
+                let mut s = [_mm256_setzero_ps(); 2];
+                for (g, wg) in w.iter().enumerate() {
+                    // SAFETY: `xs` has 32 values.
+                    let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * g)) };
+                    s[g % 2] = _mm256_fmadd_ps(*wg, xv, s[g % 2]);
+                }
+                acc[k] = _mm256_fmadd_ps(d, _mm256_add_ps(s[0], s[1]), acc[k]);
+            }
         }
-        hsum(acc)
+        std::array::from_fn(|k| hsum(acc[k]))
     }
 
     /// Sixteen bytes from the start of `b`.
@@ -243,40 +290,6 @@ mod avx2 {
         let b = &b[..16];
         // SAFETY: `b` has 16 bytes.
         unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) }
-    }
-
-    /// Sixteen signed bytes times the first 16 values of `x`, as eight lanes of partial sums.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot16_i8(q: __m128i, x: &[f32]) -> __m256 {
-        let x = &x[..16];
-        // SAFETY: `x` has 16 values.
-        let (x0, x1) = unsafe {
-            (
-                _mm256_loadu_ps(x.as_ptr()),
-                _mm256_loadu_ps(x.as_ptr().add(8)),
-            )
-        };
-        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
-        _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0))
-    }
-
-    /// As [`dot16_i8`], for unsigned bytes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot16_u8(q: __m128i, x: &[f32]) -> __m256 {
-        let x = &x[..16];
-        // SAFETY: `x` has 16 values.
-        let (x0, x1) = unsafe {
-            (
-                _mm256_loadu_ps(x.as_ptr()),
-                _mm256_loadu_ps(x.as_ptr().add(8)),
-            )
-        };
-        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
-        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
-        _mm256_fmadd_ps(w1, x1, _mm256_mul_ps(w0, x0))
     }
 
     /// Bits 0..16 of `v` as sixteen bytes: 16 where the bit is set, 0 where not (Q5_0's fifth
@@ -300,15 +313,16 @@ mod avx2 {
     /// # Safety
     /// As [`q4_dot`], with 22-byte (Q5_0) or 24-byte (Q5_1) blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5_dot(row: &[u8], skip: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    pub unsafe fn q5_dot<const N: usize>(
+        row: &[u8],
+        skip: usize,
+        x: [&[f32]; N],
+        xsum: [&[f32]; N],
+    ) -> [f32; N] {
         let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for ((blk, xs), &xsb) in row
-            .chunks_exact(skip + 20)
-            .zip(x.chunks_exact(32))
-            .zip(xsum)
-        {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offset = [0f32; N];
+        for (b, blk) in row.chunks_exact(skip + 20).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let d = super::f16_at(blk, 0);
             let m = if skip == 4 {
@@ -323,82 +337,51 @@ mod avx2 {
                 _mm_and_si128(_mm_srli_epi16(q, 4), mask),
                 bit16_bytes(qh >> 16),
             );
-            let s = _mm256_add_ps(dot16_u8(lo, &xs[..16]), dot16_u8(hi, &xs[16..]));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-            offset = m.mul_add(xsb, offset);
-        }
-        hsum(acc) + offset
-    }
-
-    /// Q4_K rows: per 32-value sub-block, (d·sc)·Σq·x in the vector accumulator and the min
-    /// term dmin·m·Σx from the per-32 sums of x (`xsum`, eight per super-block).
-    ///
-    /// # Safety
-    /// As [`q4_dot`], with 144-byte blocks of 256 values.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4k_dot(row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-        let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for ((blk, xs), xsb) in row
-            .chunks_exact(144)
-            .zip(x.chunks_exact(256))
-            .zip(xsum.chunks_exact(8))
-        {
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let dm = scales(blk);
-            let d = _mm_cvtss_f32(dm);
-            let dmin = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
-            let sc = &blk[4..16];
-            for c in 0..4 {
-                // 32 bytes: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1
-                let q0 = load16(&blk[16 + 32 * c..]);
-                let q1 = load16(&blk[32 + 32 * c..]);
-                let halves = [
-                    (_mm_and_si128(q0, mask), _mm_and_si128(q1, mask)),
-                    (
-                        _mm_and_si128(_mm_srli_epi16(q0, 4), mask),
-                        _mm_and_si128(_mm_srli_epi16(q1, 4), mask),
-                    ),
-                ];
-                for (t, (a, b)) in halves.into_iter().enumerate() {
-                    let j = 2 * c + t;
-                    let (s, m) = crate::blocks::scale_min_k4(j, sc);
-                    let xj = &xs[32 * j..32 * j + 32];
-                    let sum = _mm256_add_ps(dot16_u8(a, xj), dot16_u8(b, &xj[16..]));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * f32::from(s)), sum, acc);
-                    mins = (dmin * f32::from(m)).mul_add(xsb[j], mins);
-                }
+            let (wl, wh) = (widen::<false>(lo), widen::<false>(hi));
+            let dv = _mm256_set1_ps(d);
+            for k in 0..N {
+                let xs = &x[k][32 * b..32 * b + 32];
+                let s = _mm256_add_ps(dot16(wl, &xs[..16]), dot16(wh, &xs[16..]));
+                acc[k] = _mm256_fmadd_ps(dv, s, acc[k]);
+                offset[k] = m.mul_add(xsum[k][b], offset[k]);
             }
         }
-        hsum(acc) - mins
+        std::array::from_fn(|k| hsum(acc[k]) + offset[k])
     }
 
-    /// Q5_K rows: as [`q4k_dot`], with the fifth bits from qh (bit j of byte l for element
-    /// 32j + l).
+    /// Q4_K (`FIFTH` false, 144-byte blocks) and Q5_K (`FIFTH` true, 176-byte blocks, the
+    /// fifth bits from qh: bit j of byte l for element 32j + l) rows: per 32-value sub-block,
+    /// (d·sc)·Σq·x in the vector accumulator and the min term dmin·m·Σx from the per-32 sums
+    /// of x (`xsum`, eight per super-block).
     ///
     /// # Safety
-    /// As [`q4_dot`], with 176-byte blocks of 256 values.
+    /// As [`q4_dot`], with whole blocks of 256 values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5k_dot(row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+    pub unsafe fn qk_dot<const FIFTH: bool, const N: usize>(
+        row: &[u8],
+        x: [&[f32]; N],
+        xsum: [&[f32]; N],
+    ) -> [f32; N] {
         let mask = _mm_set1_epi8(0x0f);
         let one = _mm_set1_epi8(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for ((blk, xs), xsb) in row
-            .chunks_exact(176)
-            .zip(x.chunks_exact(256))
-            .zip(xsum.chunks_exact(8))
-        {
+        let (stride, qs0) = if FIFTH { (176, 48) } else { (144, 16) };
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut mins = [0f32; N];
+        for (bi, blk) in row.chunks_exact(stride).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let dm = scales(blk);
             let d = _mm_cvtss_f32(dm);
             let dmin = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
             let sc = &blk[4..16];
-            let (h0, h1) = (load16(&blk[16..]), load16(&blk[32..]));
+            let (h0, h1) = if FIFTH {
+                (load16(&blk[16..]), load16(&blk[32..]))
+            } else {
+                (_mm_setzero_si128(), _mm_setzero_si128())
+            };
             for c in 0..4 {
-                let q0 = load16(&blk[48 + 32 * c..]);
-                let q1 = load16(&blk[64 + 32 * c..]);
+                // 32 bytes: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1
+                let q0 = load16(&blk[qs0 + 32 * c..]);
+                let q1 = load16(&blk[qs0 + 16 + 32 * c..]);
                 let halves = [
                     (_mm_and_si128(q0, mask), _mm_and_si128(q1, mask)),
                     (
@@ -408,21 +391,30 @@ mod avx2 {
                 ];
                 for (t, (a, b)) in halves.into_iter().enumerate() {
                     let j = 2 * c + t;
-                    // bit j of each qh byte, moved to bit 4
-                    let sh = _mm_cvtsi32_si128(j as i32);
-                    let fifth =
-                        |h: __m128i| _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, sh), one), 4);
-                    let a = _mm_or_si128(a, fifth(h0));
-                    let b = _mm_or_si128(b, fifth(h1));
+                    let (a, b) = if FIFTH {
+                        // bit j of each qh byte, moved to bit 4
+                        let sh = _mm_cvtsi32_si128(j as i32);
+                        let fifth = |h: __m128i| {
+                            _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h, sh), one), 4)
+                        };
+                        (_mm_or_si128(a, fifth(h0)), _mm_or_si128(b, fifth(h1)))
+                    } else {
+                        (a, b)
+                    };
                     let (s, m) = crate::blocks::scale_min_k4(j, sc);
-                    let xj = &xs[32 * j..32 * j + 32];
-                    let sum = _mm256_add_ps(dot16_u8(a, xj), dot16_u8(b, &xj[16..]));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * f32::from(s)), sum, acc);
-                    mins = (dmin * f32::from(m)).mul_add(xsb[j], mins);
+                    let (wa, wb) = (widen::<false>(a), widen::<false>(b));
+                    let dv = _mm256_set1_ps(d * f32::from(s));
+                    let mm = dmin * f32::from(m);
+                    for k in 0..N {
+                        let xj = &x[k][256 * bi + 32 * j..256 * bi + 32 * j + 32];
+                        let sum = _mm256_add_ps(dot16(wa, xj), dot16(wb, &xj[16..]));
+                        acc[k] = _mm256_fmadd_ps(dv, sum, acc[k]);
+                        mins[k] = mm.mul_add(xsum[k][8 * bi + j], mins[k]);
+                    }
                 }
             }
         }
-        hsum(acc) - mins
+        std::array::from_fn(|k| hsum(acc[k]) - mins[k])
     }
 
     /// Q6_K rows: per 16-value group, (d·sc)·Σ(q − 32)·x.
@@ -430,19 +422,18 @@ mod avx2 {
     /// # Safety
     /// As [`q4_dot`], with 210-byte blocks of 256 values.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q6k_dot(row: &[u8], x: &[f32]) -> f32 {
+    pub unsafe fn q6k_dot<const N: usize>(row: &[u8], x: [&[f32]; N]) -> [f32; N] {
         let m4 = _mm_set1_epi8(0x0f);
         let m2 = _mm_set1_epi8(3);
         let off = _mm_set1_epi8(32);
-        let mut acc = _mm256_setzero_ps();
-        for (blk, xs) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (bi, blk) in row.chunks_exact(210).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let d = super::f16_at(blk, 208);
             let sc = &blk[192..208];
             for h in 0..2 {
                 let ql = &blk[64 * h..64 * h + 64];
                 let qh = &blk[128 + 32 * h..160 + 32 * h];
-                let xh = &xs[128 * h..128 * h + 128];
                 for l0 in [0, 16] {
                     let a = load16(&ql[l0..]);
                     let b = load16(&ql[32 + l0..]);
@@ -464,14 +455,18 @@ mod avx2 {
                     ];
                     for (lo, hi, e) in parts {
                         let q = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hi, m2), 4));
-                        let sum = dot16_i8(_mm_sub_epi8(q, off), &xh[e..]);
-                        let scale = d * f32::from(sc[8 * h + e / 16] as i8);
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), sum, acc);
+                        let w = widen::<true>(_mm_sub_epi8(q, off));
+                        let scale = _mm256_set1_ps(d * f32::from(sc[8 * h + e / 16] as i8));
+                        for k in 0..N {
+                            let xh = &x[k][256 * bi + 128 * h..256 * bi + 128 * h + 128];
+                            let sum = dot16(w, &xh[e..]);
+                            acc[k] = _mm256_fmadd_ps(scale, sum, acc[k]);
+                        }
                     }
                 }
             }
         }
-        hsum(acc)
+        std::array::from_fn(|k| hsum(acc[k]))
     }
 }
 
@@ -507,17 +502,40 @@ pub(crate) fn rows_generic_as<const FMA: bool>(
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
     if fused {
+        let xt = |t: usize| &x[t * m.cols..(t + 1) * m.cols];
+        let st = |t: usize| &xsum[t * nb..(t + 1) * nb];
         for i in 0..rows {
             let row = &m.data[(r0 + i) * rb..(r0 + i + 1) * rb];
-            for t in 0..n {
-                let (xt, st) = (
-                    &x[t * m.cols..(t + 1) * m.cols],
-                    &xsum[t * nb..(t + 1) * nb],
-                );
-                out[i * n + t] = if FMA {
-                    fused_row_dot_fast(m.qtype, row, xt, st)
+            let o = &mut out[i * n..(i + 1) * n];
+            let mut t = 0;
+            if FMA {
+                // four tokens per decode of the row (the same numbers as one at a time)
+                while t + 4 <= n {
+                    let r = fused_rows_dot_fast::<4>(
+                        m.qtype,
+                        row,
+                        std::array::from_fn(|k| xt(t + k)),
+                        std::array::from_fn(|k| st(t + k)),
+                    );
+                    o[t..t + 4].copy_from_slice(&r);
+                    t += 4;
+                }
+                while t + 2 <= n {
+                    let r = fused_rows_dot_fast::<2>(
+                        m.qtype,
+                        row,
+                        [xt(t), xt(t + 1)],
+                        [st(t), st(t + 1)],
+                    );
+                    o[t..t + 2].copy_from_slice(&r);
+                    t += 2;
+                }
+            }
+            for (t, ot) in o.iter_mut().enumerate().skip(t) {
+                *ot = if FMA {
+                    fused_row_dot_fast(m.qtype, row, xt(t), st(t))
                 } else {
-                    fused_row_dot::<false>(m.qtype, row, xt, st)
+                    fused_row_dot::<false>(m.qtype, row, xt(t), st(t))
                 };
             }
         }
@@ -583,27 +601,39 @@ fn dot_tile<const FMA: bool>(w: &[f32], x: &[f32], cols: usize) -> [f32; 8] {
 #[inline(always)]
 #[allow(unsafe_code)]
 fn fused_row_dot_fast(qtype: QType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+    fused_rows_dot_fast::<1>(qtype, row, [x], [xsum])[0]
+}
+
+/// [`fused_row_dot_fast`] for N tokens at once: the row decoded once, each token's result
+/// bit for bit its one-token result.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn fused_rows_dot_fast<const N: usize>(
+    qtype: QType,
+    row: &[u8],
+    x: [&[f32]; N],
+    xsum: [&[f32]; N],
+) -> [f32; N] {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `rows_generic::<true>` (the only caller) runs inside `rows_avx2`, which `rows`
         // calls only when the CPU has AVX2, FMA and F16C; the slices are whole blocks of one row.
         unsafe {
             match qtype {
-                QType::Q8_0 => avx2::q8_dot(row, x),
-                QType::Q4_0 => avx2::q4_dot(row, 18, 2, x, xsum),
-                QType::Q4_1 => avx2::q4_dot(row, 20, 4, x, xsum),
-                QType::Q5_0 => avx2::q5_dot(row, 2, x, xsum),
-                QType::Q5_1 => avx2::q5_dot(row, 4, x, xsum),
-                QType::Q4_K => avx2::q4k_dot(row, x, xsum),
-                QType::Q5_K => avx2::q5k_dot(row, x, xsum),
-                QType::Q6_K => avx2::q6k_dot(row, x),
-                // decode-and-dot, compiled here with AVX2+FMA enabled (inlined into rows_avx2)
-                _ => fused_row_dot::<true>(qtype, row, x, xsum),
+                QType::Q8_0 => return avx2::q8_dot(row, x),
+                QType::Q4_0 => return avx2::q4_dot(row, 18, 2, x, xsum),
+                QType::Q4_1 => return avx2::q4_dot(row, 20, 4, x, xsum),
+                QType::Q5_0 => return avx2::q5_dot(row, 2, x, xsum),
+                QType::Q5_1 => return avx2::q5_dot(row, 4, x, xsum),
+                QType::Q4_K => return avx2::qk_dot::<false, N>(row, x, xsum),
+                QType::Q5_K => return avx2::qk_dot::<true, N>(row, x, xsum),
+                QType::Q6_K => return avx2::q6k_dot(row, x),
+                _ => {}
             }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    fused_row_dot::<true>(qtype, row, x, xsum)
+    // decode-and-dot, compiled here with AVX2+FMA enabled (inlined into rows_avx2)
+    std::array::from_fn(|k| fused_row_dot::<true>(qtype, row, x[k], xsum[k]))
 }
 
 #[cfg(target_arch = "x86_64")]

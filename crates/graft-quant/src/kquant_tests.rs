@@ -337,3 +337,50 @@ fn kquant_speed() {
         );
     }
 }
+
+/// The decode steps of several sequences in one pass (`matmul_per_token`, a server's batch)
+/// and a few tokens through `matmul_shared`: each token's outputs bit for bit those of a
+/// one-token call, for every block format and token count.
+#[test]
+fn several_tokens_give_each_token_its_one_token_numbers() {
+    let mut rng = Rng(11);
+    let mut mats: Vec<QMatrix> = NEW
+        .iter()
+        .map(|&q| random_matrix(q, 37, 2, &mut rng))
+        .collect();
+    for q in [QType::Q8_0, QType::Q4_0, QType::Q4_1] {
+        let (rows, cols) = (37, 512);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        mats.push(QMatrix::quantize(q, rows, cols, &w).unwrap());
+    }
+    for m in mats {
+        let m = std::sync::Arc::new(m);
+        for n in 1..=9 {
+            let x: Vec<f32> = (0..n * m.cols).map(|_| rng.unit()).collect();
+            let batched = m.matmul_per_token(&x, n).unwrap();
+            let shared = (n <= 3).then(|| m.matmul_shared(&x, n).unwrap());
+            for t in 0..n {
+                let alone = m
+                    .matmul_shared(&x[t * m.cols..(t + 1) * m.cols], 1)
+                    .unwrap();
+                for r in 0..m.rows {
+                    let got = batched[t * m.rows + r];
+                    assert_eq!(
+                        got.to_bits(),
+                        alone[r].to_bits(),
+                        "{:?} n={n} token {t} row {r}",
+                        m.qtype
+                    );
+                    if let Some(s) = &shared {
+                        assert_eq!(
+                            s[t * m.rows + r].to_bits(),
+                            alone[r].to_bits(),
+                            "{:?} shared n={n}",
+                            m.qtype
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
