@@ -86,6 +86,11 @@ fn check(quantize: Option<QType>) {
         (Some("rslora"), 7, 2),
         (Some("a"), 17, 0),
         (Some("lora"), 9, 2),
+        // long prompts joining together (one GEMM for both) and short ones (one row kernel)
+        (Some("b"), 24, 0),
+        (Some("ia3"), 31, 2),
+        (None, 18, 2),
+        (Some("dora"), 6, 2),
     ];
     const STEPS: usize = 5;
     // Batched: every step runs the sequences that have joined, in one pass.

@@ -211,8 +211,43 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        // Prefill chunks (and every row of a dense weight): one matmul per sequence, the
-        // single-sequence call, so its rows are the numbers it gets alone.
+        // Prefill chunks: the chunks of 4-15 rows together through the row kernel, the
+        // chunks of 16 rows or more together through the tiled GEMM (one dequantization of
+        // the weights for all of them) — the calls each chunk makes alone, whose rows do not
+        // depend on the other rows (tested).
+        if let WRef::Table(q @ Weight::Quant(qm)) = w {
+            for (lo, hi) in [(4usize, 16usize), (16, usize::MAX)] {
+                let group: Vec<usize> = (0..self.segs.len())
+                    .filter(|&k| base[k].is_none() && (lo..hi).contains(&self.segs[k].len))
+                    .collect();
+                if group.len() < 2 {
+                    continue;
+                }
+                let stacked =
+                    Tensor::cat(&group.iter().map(|&k| &inputs[k]).collect::<Vec<_>>(), 0)?;
+                let n = stacked.dim(0)?;
+                let mut y = if lo == 4 {
+                    let flat = stacked.flatten_all()?.to_vec1::<f32>()?;
+                    let y = qm
+                        .matmul(&flat, n)
+                        .map_err(|e| graft_adapters::Error::Weight(e.to_string()))?;
+                    Tensor::from_vec(y, (n, qm.rows), &Device::Cpu)?
+                } else {
+                    q.matmul_t(&stacked)?
+                };
+                if let Some(b) = b {
+                    y = y.broadcast_add(b)?;
+                }
+                let mut at = 0;
+                for &k in &group {
+                    let len = self.segs[k].len;
+                    base[k] = Some(y.narrow(0, at, len)?);
+                    at += len;
+                }
+            }
+        }
+        // What is left (a lone prefill chunk, every row of a dense weight): one matmul per
+        // sequence, the single-sequence call.
         let out: Vec<Tensor> = (0..self.segs.len())
             .into_par_iter()
             .map(|k| {

@@ -384,3 +384,42 @@ fn several_tokens_give_each_token_its_one_token_numbers() {
         }
     }
 }
+
+/// Decode steps of n sequences in one pass: time per call of `matmul_per_token` against n
+/// one-token calls (`cargo test --release -p graft-quant per_token_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn per_token_speed() {
+    let mut rng = Rng(5);
+    for q in [QType::Q8_0, QType::Q5_0, QType::Q4_K, QType::Q6_K] {
+        // Qwen2.5-0.5B's MLP shape (896 → 4864; 1024 columns for the 256-value K-quant blocks)
+        let rows = 4864;
+        let m = if q == QType::Q8_0 {
+            let cols = 896;
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit() * 0.05).collect();
+            QMatrix::quantize(q, rows, cols, &w).unwrap()
+        } else {
+            let blocks = if q.block_len() == 32 { 28 } else { 4 };
+            random_matrix(q, rows, blocks, &mut rng)
+        };
+        let m = std::sync::Arc::new(m);
+        for n in [1usize, 4, 8, 16, 32] {
+            let x: Vec<f32> = (0..n * m.cols).map(|_| rng.unit()).collect();
+            let reps = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(m.matmul_per_token(&x, n).unwrap());
+            }
+            let per = t.elapsed().as_secs_f64() / reps as f64;
+            let t1 = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(m.matmul_shared(&x[..m.cols], 1).unwrap());
+            }
+            let one = t1.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{:?} {}x{} n={n:2}: {:7.3} ms per call, {:6.3} ms per token (one token alone {:6.3} ms)",
+                m.qtype, m.rows, m.cols, per * 1e3, per * 1e3 / n as f64, one * 1e3
+            );
+        }
+    }
+}

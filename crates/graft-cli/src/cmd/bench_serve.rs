@@ -71,6 +71,12 @@ fn one(c: &BenchServeCmd, agent: &ureq::Agent, k: usize) -> CliResult<One> {
         "stream": true, "ignore_eos": true, "stream_options": {"include_usage": true},
     });
     match (c.api.as_str(), c.adapters.is_empty()) {
+        // llama-server: an explicit list even for the base, since a request without one runs
+        // the server's global scales and may reuse a slot's cache made with another adapter
+        ("llama", true) => {
+            body["model"] = json!(c.base);
+            body["lora"] = json!([{"id": 0, "scale": 0.0}]);
+        }
         (_, true) => body["model"] = json!(c.base),
         ("llama", false) => {
             body["model"] = json!(c.base);
