@@ -10,7 +10,8 @@
 #
 # graft: `graft serve --max-batch 32` (each request's adapter in `model`). llama-server: the same
 # GGUF and adapters (`--lora-init-without-apply`, per-request `lora` list; its README: "requests
-# with different LoRA configurations will not be batched together"), 32 slots (-np 32, context
+# with different LoRA configurations will not be batched together"; every request sends its
+# `lora` list, and `cache_prompt: false`, since the prompt is the same each time), 32 slots (-np 32, context
 # 512 each), continuous batching (its default), --no-repack (AMX crash, ggml-org/llama.cpp#20824).
 # Both on 2 threads. Needs target/release/graft, llama-server built from the pinned llama.cpp
 # source (LLAMA_CPP, as scripts/bench_models.sh), and the adapters. transformers + PEFT mixed
@@ -27,7 +28,7 @@ OUT="${ROOT}/target/bench-serve.jsonl"
 PORT=18080
 [[ -x "$GRAFT" ]] || { echo "build graft first: cargo build --release -p graft-cli" >&2; exit 1; }
 [[ -d "$MANY/a31" ]] || { echo "make the adapters first: scripts/make_bench_lora.py --count 32" >&2; exit 1; }
-rm -f "$OUT"
+[[ -z "${ONLY:-}" ]] && rm -f "$OUT"
 names() { for i in $(seq 0 $(($1 - 1))); do printf 'a%02d,' "$i"; done | sed 's/,$//'; }
 wait_up() { for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return 0; sleep 0.5; done; echo "server did not come up" >&2; return 1; }
 bench() { # API BASE LABEL ADAPTERS
@@ -39,6 +40,8 @@ bench() { # API BASE LABEL ADAPTERS
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%TZ)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+ONLY="${ONLY:-}"   # graft or llama: run one side only
+if [[ "$ONLY" != llama ]]; then
 echo "== graft serve"
 adapter_args=()
 for i in $(seq 0 31); do n=$(printf 'a%02d' "$i"); adapter_args+=(--adapter "$n=$MANY/$n/adapter"); done
@@ -52,6 +55,8 @@ bench graft base "graft/1-adapter" "a00"
 bench graft base "graft/8-adapters" "$(names 8)"
 bench graft base "graft/32-adapters" "$(names 32)"
 kill $SERVER; wait $SERVER 2>/dev/null || true
+fi
+[[ "$ONLY" == graft ]] && exit 0
 
 echo "== llama-server"
 loras=$(for i in $(seq 0 31); do printf '%s/a%02d/adapter.gguf,' "$MANY" "$i"; done | sed 's/,$//')

@@ -70,6 +70,11 @@ fn one(c: &BenchServeCmd, agent: &ureq::Agent, k: usize) -> CliResult<One> {
         "prompt": c.prompt, "max_tokens": c.max_tokens, "temperature": 0,
         "stream": true, "ignore_eos": true, "stream_options": {"include_usage": true},
     });
+    if c.api == "llama" {
+        // every request has the same prompt: without this llama-server reuses the previous
+        // request's KV cache for it and skips the prefill graft does
+        body["cache_prompt"] = json!(false);
+    }
     match (c.api.as_str(), c.adapters.is_empty()) {
         // llama-server: an explicit list even for the base, since a request without one runs
         // the server's global scales and may reuse a slot's cache made with another adapter
