@@ -5,7 +5,7 @@
 # package (built by scripts/build_web.sh) packs the files its package.json promises.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CRATES=(graft-adapters graft-quant graft-text graft-arch graft-cpu graft-gpu graft-hub graft-models graft-train graft-cli)
+CRATES=(graft-adapters graft-quant graft-text graft-arch graft-cpu graft-gpu graft-hub graft-models graft-train graft-serve graft-cli)
 args=()
 for c in "${CRATES[@]}"; do args+=(-p "$c"); done
 rm -rf target/package

@@ -37,10 +37,11 @@ impl TextStream {
             safe -= '\u{FFFD}'.len_utf8();
         }
         // the longest suffix that is a prefix of some stop string stays back
+        let end = safe;
         for s in stops {
             for k in (1..s.len()).rev() {
-                if s.is_char_boundary(k) && text[..safe].ends_with(&s[..k]) {
-                    safe = safe.min(text.len() - k);
+                if k <= end && s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
+                    safe = safe.min(end - k);
                     break;
                 }
             }
@@ -84,6 +85,14 @@ mod tests {
             t.push("Hello ENX and END more", &stops),
             Step::Stop(" and ".into())
         );
+    }
+
+    #[test]
+    fn holds_back_a_possible_stop_before_an_unfinished_character() {
+        let stops = vec!["ab".to_string()];
+        let mut t = TextStream::default();
+        assert_eq!(t.push("xa\u{FFFD}", &stops), Step::Send("x".into()));
+        assert_eq!(t.push("xab", &stops), Step::Stop("".into()));
     }
 
     #[test]
