@@ -186,51 +186,29 @@ impl<'a> Pass<'a> {
             .collect::<Result<_>>()?;
         let mut base: Vec<Option<Tensor>> = vec![None; self.segs.len()];
         // Decode steps (up to 3 rows, which take the one-token kernel alone) of every
-        // sequence: one pass over the quantized weights, each row computed as alone.
-        if let WRef::Table(Weight::Quant(q)) = w {
-            let group: Vec<usize> = (0..self.segs.len())
-                .filter(|&k| self.segs[k].len <= 3)
-                .collect();
-            if !group.is_empty() {
-                let stacked =
-                    Tensor::cat(&group.iter().map(|&k| &inputs[k]).collect::<Vec<_>>(), 0)?;
-                let n = stacked.dim(0)?;
-                let flat = stacked.flatten_all()?.to_vec1::<f32>()?;
-                let y = q
-                    .matmul_per_token(&flat, n)
-                    .map_err(|e| graft_adapters::Error::Weight(e.to_string()))?;
-                let mut y = Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?;
-                if let Some(b) = b {
-                    y = y.broadcast_add(b)?;
-                }
-                let mut at = 0;
-                for &k in &group {
-                    let len = self.segs[k].len;
-                    base[k] = Some(y.narrow(0, at, len)?);
-                    at += len;
-                }
-            }
-        }
-        // Prefill chunks: the chunks of 4-15 rows together through the row kernel, the
-        // chunks of 16 rows or more together through the tiled GEMM (one dequantization of
-        // the weights for all of them) — the calls each chunk makes alone, whose rows do not
-        // depend on the other rows (tested).
+        // sequence: one pass over the quantized weights, each row computed as alone. Prefill
+        // chunks: those of 4-15 rows together through the row kernel, those of 16 rows or more
+        // together through the tiled GEMM (one dequantization of the weights for all) — the
+        // calls each chunk makes alone, whose rows do not depend on the other rows (tested).
         if let WRef::Table(q @ Weight::Quant(qm)) = w {
-            for (lo, hi) in [(4usize, 16usize), (16, usize::MAX)] {
+            let qerr = |e: graft_quant::Error| graft_adapters::Error::Weight(e.to_string());
+            for (lo, hi, min) in [(1usize, 4usize, 1usize), (4, 16, 2), (16, usize::MAX, 2)] {
                 let group: Vec<usize> = (0..self.segs.len())
-                    .filter(|&k| base[k].is_none() && (lo..hi).contains(&self.segs[k].len))
+                    .filter(|&k| (lo..hi).contains(&self.segs[k].len))
                     .collect();
-                if group.len() < 2 {
+                if group.len() < min {
                     continue;
                 }
                 let stacked =
                     Tensor::cat(&group.iter().map(|&k| &inputs[k]).collect::<Vec<_>>(), 0)?;
                 let n = stacked.dim(0)?;
-                let mut y = if lo == 4 {
+                let mut y = if hi <= 16 {
                     let flat = stacked.flatten_all()?.to_vec1::<f32>()?;
-                    let y = qm
-                        .matmul(&flat, n)
-                        .map_err(|e| graft_adapters::Error::Weight(e.to_string()))?;
+                    let y = if lo == 1 {
+                        qm.matmul_per_token(&flat, n).map_err(qerr)?
+                    } else {
+                        qm.matmul(&flat, n).map_err(qerr)?
+                    };
                     Tensor::from_vec(y, (n, qm.rows), &Device::Cpu)?
                 } else {
                     q.matmul_t(&stacked)?

@@ -185,16 +185,7 @@ impl Model {
         revision: Option<&str>,
         opts: LoadAdapterOptions,
     ) -> Result<LoadReport> {
-        let dir = adapter_dir(hub, spec, revision, opts.subfolder.as_deref())?;
-        // The subfolder was already applied to the fetched folder.
-        let opts = if local_or_repo(spec, revision)?.is_err() {
-            LoadAdapterOptions {
-                subfolder: None,
-                ..opts
-            }
-        } else {
-            opts
-        };
+        let (dir, opts) = adapter_folder(hub, spec, revision, opts)?;
         self.load_adapter(&dir, opts)
     }
 
@@ -207,15 +198,27 @@ impl Model {
         revision: Option<&str>,
         opts: LoadAdapterOptions,
     ) -> Result<graft_adapters::Adapter> {
-        let dir = adapter_dir(hub, spec, revision, opts.subfolder.as_deref())?;
-        let opts = if local_or_repo(spec, revision)?.is_err() {
-            LoadAdapterOptions {
-                subfolder: None,
-                ..opts
-            }
-        } else {
-            opts
-        };
+        let (dir, opts) = adapter_folder(hub, spec, revision, opts)?;
         self.build_adapter_dir(&dir, opts)
     }
+}
+
+/// The local folder of an adapter given as a path or a Hub repo id, and the options to load it
+/// from there (a repository's subfolder is already applied to the fetched folder).
+fn adapter_folder(
+    hub: &Hub,
+    spec: &str,
+    revision: Option<&str>,
+    opts: LoadAdapterOptions,
+) -> Result<(std::path::PathBuf, LoadAdapterOptions)> {
+    let dir = adapter_dir(hub, spec, revision, opts.subfolder.as_deref())?;
+    let opts = if local_or_repo(spec, revision)?.is_err() {
+        LoadAdapterOptions {
+            subfolder: None,
+            ..opts
+        }
+    } else {
+        opts
+    };
+    Ok((dir, opts))
 }
