@@ -18,11 +18,17 @@
 // - With R_QKNORM each head of q and k is RMS-normalised (weights at aux[qn_off..],
 //   aux[kn_off..]) before the rotation (Qwen3, Gemma 3).
 // - With R_SOFTCAP the scores become softcap · tanh(s / softcap) (Gemma 2).
+// - With R_ROWS (a batched pass of several sequences) each query row t has its own sequence:
+//   `state` is then the pass's row table, row t at state[8t ..] = (cache slot, the sequence's
+//   first position in this pass, its first row, its row count); the caches hold `cap`
+//   positions per slot, and the query attends to its own slot and its own sequence's rows.
 
 const R_ROPE: u32 = 1u;
 const R_QKNORM: u32 = 2u;
 const R_SOFTCAP: u32 = 4u;
 const R_LONG: u32 = 8u;
+const R_ROWS: u32 = 16u;
+const ROW_WORDS: u32 = 8u;
 
 struct Params {
     n: u32,
@@ -63,6 +69,9 @@ const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_HD>;
 var<workgroup> sc: array<f32, TILE>;
+// the query's sequence uses LongRoPE's long set (its last position in this pass is past
+// long_after)
+var<private> long_set: bool;
 
 // 1 / rms of the head starting at qkv[b] when its norm's weights are at aux[wo..] (else 1).
 fn head_inv(b: u32, wo: u32) -> f32 {
@@ -93,7 +102,7 @@ fn rotated(b: u32, d: u32, pos: u32, inv: f32, wo: u32) -> f32 {
         return x;
     }
     var row = pos;
-    if ((P.flags & R_LONG) != 0u && state[0] + P.n > P.long_after) {
+    if (long_set) {
         row = pos + P.cap;
     }
     let j = d % half;
@@ -112,8 +121,21 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let rep = P.nh / P.nkv;
     let kvh = h / rep;
     let kv_stride = P.nkv * hd;
-    let p0 = state[0];
-    let qpos = p0 + t;
+    // the query's sequence: its cache slot, first position and first row in this pass
+    var p0 = state[0];
+    var row0 = 0u;
+    var seg_n = P.n;
+    var slot = 0u;
+    if ((P.flags & R_ROWS) != 0u) {
+        let rb = t * ROW_WORDS;
+        slot = state[rb];
+        p0 = state[rb + 1u];
+        row0 = state[rb + 2u];
+        seg_n = state[rb + 3u];
+    }
+    long_set = (P.flags & R_LONG) != 0u && p0 + seg_n > P.long_after;
+    let slot_base = slot * P.cap * kv_stride;
+    let qpos = p0 + (t - row0);
     var start = 0u;
     if (P.window > 0u && qpos + 1u > P.window) {
         start = qpos + 1u - P.window;
@@ -126,7 +148,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     if (h % rep == 0u && qpos < P.cap) {
         let kb = t * P.qkv_stride + P.k_off + kvh * hd;
         let vb = t * P.qkv_stride + P.v_off + kvh * hd;
-        let cb = qpos * kv_stride + kvh * hd;
+        let cb = slot_base + qpos * kv_stride + kvh * hd;
         let kinv = head_inv(kb, P.kn_off);
         for (var d = li; d < hd; d += TILE) {
             kc[cb + d] = rotated(kb, d, qpos, kinv, P.kn_off);
@@ -143,12 +165,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         if (j <= qpos) {
             var acc = 0.0;
             if (j < p0) {
-                let kb = j * kv_stride + kvh * hd;
+                let kb = slot_base + j * kv_stride + kvh * hd;
                 for (var d = 0u; d < hd; d++) {
                     acc += qs[d] * kc[kb + d];
                 }
             } else {
-                let kb = (j - p0) * P.qkv_stride + P.k_off + kvh * hd;
+                let kb = (row0 + j - p0) * P.qkv_stride + P.k_off + kvh * hd;
                 let kinv = head_inv(kb, P.kn_off);
                 for (var d = 0u; d < hd; d++) {
                     acc += qs[d] * rotated(kb, d, j, kinv, P.kn_off);
@@ -180,9 +202,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
                 if (d < hd) {
                     var v: f32;
                     if (jj < p0) {
-                        v = vc[jj * kv_stride + kvh * hd + d];
+                        v = vc[slot_base + jj * kv_stride + kvh * hd + d];
                     } else {
-                        v = qkv[(jj - p0) * P.qkv_stride + P.v_off + kvh * hd + d];
+                        v = qkv[(row0 + jj - p0) * P.qkv_stride + P.v_off + kvh * hd + d];
                     }
                     o[u] += p * v;
                 }

@@ -23,6 +23,14 @@
 // otherwise write it out: the RMSNorm / LayerNorm before q/k/v and gate/up (each workgroup
 // reduces its tokens' rows first), or the activation before down_proj / fc2 (SiLU(gate)·up
 // with up at column + act_off, ReLU, GELU).
+//
+// Mixed adapters (F_MIXED): in a batched pass every token carries its adapter's slot
+// (rowinfo[ad_off + tok · ad_stride], NO_ADAPTER for none), and the epilogue's adapter terms
+// (flags, IA3 scales, DoRA factor, lora_bias, LoRA segments) come from that slot's descriptor
+// (rowinfo[desc_off + slot · DESC_WORDS ..]) with its vectors in `lb`, instead of from P and
+// `aux`; each token gets the operations, in the order, it would get with that adapter alone.
+// The shrink of a mixed pass (F_GATHER, one token per workgroup) reads the token's own slot
+// of the stacked A rows (rows slot · gather_rows ..), BGMV-style.
 
 const F_BIAS: u32 = 1u;
 const F_OUT_SCALE: u32 = 2u;
@@ -31,6 +39,12 @@ const F_DORA: u32 = 8u;
 const F_POST_BIAS: u32 = 16u;
 const F_LORA: u32 = 32u;
 const F_ACCUM: u32 = 64u;
+const F_MIXED: u32 = 128u;
+const F_GATHER: u32 = 256u;
+// the flags a mixed pass takes from the token's adapter descriptor
+const F_ADAPTER: u32 = 62u;
+const NO_ADAPTER: u32 = 0xffffffffu;
+const DESC_WORDS: u32 = 24u;
 
 const X_NONE: u32 = 0u;
 const X_RMS: u32 = 1u;
@@ -74,6 +88,10 @@ struct Params {
     nb_off: u32,
     eps: f32,
     has_nb: u32,
+    desc_off: u32,
+    ad_off: u32,
+    ad_stride: u32,
+    gather_rows: u32,
     _pad0: u32,
     seg: array<Seg, 4>,
 }
@@ -86,6 +104,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> lt: array<f32>;
 @group(0) @binding(6) var<storage, read> lb: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<storage, read> rowinfo: array<u32>;
 
 override WG: u32 = 256u;
 override RPW: u32 = 8u;
@@ -138,6 +157,16 @@ fn xv(t: u32, lt: u32, c: u32) -> vec4<f32> {
 fn sv(c: u32) -> vec4<f32> {
     let b = P.in_off + c;
     return vec4<f32>(aux[b], aux[b + 1u], aux[b + 2u], aux[b + 3u]);
+}
+
+// A mixed pass's IA3 input scale at lb[b..b + 4].
+fn svb(b: u32) -> vec4<f32> {
+    return vec4<f32>(lb[b], lb[b + 1u], lb[b + 2u], lb[b + 3u]);
+}
+
+// The adapter slot of token `tok` in a mixed pass.
+fn slot_of(tok: u32) -> u32 {
+    return rowinfo[P.ad_off + tok * P.ad_stride];
 }
 
 // Threads that compute the norm statistics: few, so that the reduction takes two barriers
@@ -203,14 +232,42 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let lane = li % tpr;
     let row = wid.x * RPW + li / tpr;
     let t0 = wid.y * TN;
+    let mixed = (P.flags & F_MIXED) != 0u;
+    // the weight row this thread reads, and the rows this dispatch computes
+    var wrow = row;
+    var nrows = P.wd.rows;
+    var live = true;
+    if ((P.flags & F_GATHER) != 0u) {
+        // TN is 1 here: the workgroup's token picks its adapter's A rows
+        let a = slot_of(t0);
+        live = a != NO_ADAPTER;
+        wrow = row + select(0u, a, live) * P.gather_rows;
+        nrows = P.gather_rows;
+    }
+    // a mixed pass: each token's IA3 input scale (its offset in lb, or NO_ADAPTER)
+    var in_at: array<u32, TN>;
+    var any_in = false;
+    for (var t = 0u; t < TN; t++) {
+        in_at[t] = NO_ADAPTER;
+        if (mixed) {
+            let a = slot_of(min(t0 + t, P.n - 1u));
+            if (a != NO_ADAPTER) {
+                let d = P.desc_off + a * DESC_WORDS;
+                if ((rowinfo[d] & F_IN_SCALE) != 0u) {
+                    in_at[t] = rowinfo[d + 4u];
+                    any_in = true;
+                }
+            }
+        }
+    }
     if (P.xform == X_RMS || P.xform == X_LAYER_NORM) {
         norm_stats(li, t0);
     }
     var acc: array<f32, TN>;
-    if (row < P.wd.rows) {
+    if (live && row < nrows) {
         let in_scaled = (P.flags & F_IN_SCALE) != 0u;
         for (var c = lane; c < P.c8n; c += tpr) {
-            let w = w8(row, c);
+            let w = w8(wrow, c);
             var wa = w.a;
             var wb = w.b;
             if (in_scaled) {
@@ -219,17 +276,27 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             }
             for (var t = 0u; t < TN; t++) {
                 let tt = min(t0 + t, P.n - 1u);
-                acc[t] += dot(wa, xv(tt, t, c * 8u)) + dot(wb, xv(tt, t, c * 8u + 4u));
+                var ta = wa;
+                var tb = wb;
+                if (any_in && in_at[t] != NO_ADAPTER) {
+                    ta = wa * svb(in_at[t] + c * 8u);
+                    tb = wb * svb(in_at[t] + c * 8u + 4u);
+                }
+                acc[t] += dot(ta, xv(tt, t, c * 8u)) + dot(tb, xv(tt, t, c * 8u + 4u));
             }
         }
         for (var c = P.c8n * 8u + lane; c < P.wd.cols; c += tpr) {
-            var w = w1(row, c);
+            var w = w1(wrow, c);
             if (in_scaled) {
                 w *= aux[P.in_off + c];
             }
             for (var t = 0u; t < TN; t++) {
                 let tt = min(t0 + t, P.n - 1u);
-                acc[t] += w * xval(tt, t, c);
+                var tw = w;
+                if (any_in && in_at[t] != NO_ADAPTER) {
+                    tw = w * lb[in_at[t] + c];
+                }
+                acc[t] += tw * xval(tt, t, c);
             }
         }
     }
@@ -238,7 +305,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }
     workgroupBarrier();
     let tok = t0 + lane;
-    if (row >= P.wd.rows || lane >= TN || tok >= P.n) {
+    if (!live || row >= nrows || lane >= TN || tok >= P.n) {
         return;
     }
     let first = (li - lane) * TN + lane;
@@ -246,23 +313,59 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var j = 0u; j < tpr; j++) {
         v += red[first + j * TN];
     }
-    let f = P.flags;
+    var f = P.flags;
+    // where the adapter's vectors and LoRA segments are: P and aux, or the token's descriptor
+    // and lb
+    var d = NO_ADAPTER;
+    var dora_off = P.dora_off;
+    var scale_off = P.scale_off;
+    var post_off = P.post_off;
+    if (mixed) {
+        f &= ~F_ADAPTER;
+        let a = slot_of(tok);
+        if (a != NO_ADAPTER) {
+            d = P.desc_off + a * DESC_WORDS;
+            f |= rowinfo[d] & F_ADAPTER;
+            scale_off = rowinfo[d + 1u];
+            dora_off = rowinfo[d + 2u];
+            post_off = rowinfo[d + 3u];
+        }
+    }
+    let own = d != NO_ADAPTER;
     if ((f & F_DORA) != 0u) {
-        v *= aux[P.dora_off + row];
+        if (own) {
+            v *= lb[dora_off + row];
+        } else {
+            v *= aux[dora_off + row];
+        }
     }
     if ((f & F_BIAS) != 0u) {
         v += aux[P.bias_off + row];
     }
     if ((f & F_OUT_SCALE) != 0u) {
-        v *= aux[P.scale_off + row];
+        if (own) {
+            v *= lb[scale_off + row];
+        } else {
+            v *= aux[scale_off + row];
+        }
     }
     if ((f & F_POST_BIAS) != 0u) {
-        v += aux[P.post_off + row];
+        if (own) {
+            v += lb[post_off + row];
+        } else {
+            v += aux[post_off + row];
+        }
     }
     if ((f & F_LORA) != 0u) {
         var start = 0u;
         for (var s = 0u; s < P.nseg; s++) {
-            let sg = P.seg[s];
+            var sg = P.seg[s];
+            if (own) {
+                let e = d + 8u + s * 4u;
+                sg.t_off = rowinfo[e];
+                sg.r = rowinfo[e + 1u];
+                sg.b_off = rowinfo[e + 2u];
+            }
             if (row < sg.end) {
                 let tb = tok * P.t_stride + sg.t_off;
                 let bb = sg.b_off + (row - start) * sg.r;

@@ -19,6 +19,7 @@ const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const COPY: &str = include_str!("../shaders/copy.wgsl");
 const MATH: &str = include_str!("../shaders/math.wgsl");
 const SOFTCAP: &str = include_str!("../shaders/softcap.wgsl");
+const GATHER: &str = include_str!("../shaders/gather.wgsl");
 
 /// A weight layout on the GPU (see `shaders/formats/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +102,7 @@ pub enum Kernel {
     Argmax,
     Copy,
     Softcap,
+    Gather,
 }
 
 impl Kernel {
@@ -124,6 +126,7 @@ impl Kernel {
             Kernel::Argmax,
             Kernel::Copy,
             Kernel::Softcap,
+            Kernel::Gather,
         ]);
         v
     }
@@ -141,6 +144,7 @@ impl Kernel {
             Kernel::Argmax => ARGMAX.to_string(),
             Kernel::Copy => COPY.to_string(),
             Kernel::Softcap => format!("{MATH}\n{SOFTCAP}"),
+            Kernel::Gather => GATHER.to_string(),
         }
     }
 
@@ -148,13 +152,14 @@ impl Kernel {
     pub fn bindings(self) -> &'static [Bind] {
         use Bind::{Read as R, ReadWrite as W, Uniform as U};
         match self {
-            Kernel::Linear { .. } => &[U, R, R, R, R, R, R, W],
+            Kernel::Linear { .. } => &[U, R, R, R, R, R, R, W, R],
             Kernel::Embed(_) => &[U, R, R, R, R, R, R, W],
             Kernel::Norm => &[U, R, R, W],
             Kernel::Attention => &[U, R, R, R, W, W, W, R],
             Kernel::Argmax => &[U, R, W, W, W],
             Kernel::Copy => &[U, R, W],
             Kernel::Softcap => &[U, W],
+            Kernel::Gather => &[U, R, R, W],
         }
     }
 
@@ -164,7 +169,7 @@ impl Kernel {
         match self {
             Kernel::Linear { .. } => &[("WG", LINEAR_WG), ("RPW", RPW)],
             Kernel::Embed(_) => &[("WG", EMBED_WG)],
-            Kernel::Copy | Kernel::Softcap => &[("WG", COPY_WG)],
+            Kernel::Copy | Kernel::Softcap | Kernel::Gather => &[("WG", COPY_WG)],
             Kernel::Norm | Kernel::Attention | Kernel::Argmax => &[],
         }
     }
@@ -188,6 +193,7 @@ impl Kernel {
             Kernel::Argmax => "ArgmaxParams",
             Kernel::Copy => "CopyParams",
             Kernel::Softcap => "SoftcapParams",
+            Kernel::Gather => "GatherParams",
         }
     }
 }
@@ -345,6 +351,17 @@ pub const F_DORA: u32 = 8;
 pub const F_POST_BIAS: u32 = 16;
 pub const F_LORA: u32 = 32;
 pub const F_ACCUM: u32 = 64;
+/// A batched pass: each token's adapter terms come from its slot's descriptor.
+pub const F_MIXED: u32 = 128;
+/// The shrink of a batched pass: each token reads its slot's A rows.
+pub const F_GATHER: u32 = 256;
+/// The flags a descriptor may set.
+pub const F_ADAPTER: u32 = F_OUT_SCALE | F_IN_SCALE | F_DORA | F_POST_BIAS | F_LORA;
+/// A token without an adapter in a batched pass.
+pub const NO_ADAPTER: u32 = u32::MAX;
+/// u32 words of one adapter slot's descriptor of one group: flags, scale, DoRA, post-bias and
+/// input-scale offsets (in the slot pool), 3 unused, then per segment (t_off, r, b_off, unused).
+pub const DESC_WORDS: usize = 24;
 
 /// How the linear kernel transforms its input as it reads it.
 pub const X_NONE: u32 = 0;
@@ -380,6 +397,13 @@ pub struct LinearParams {
     pub nb_off: u32,
     pub eps: f32,
     pub has_nb: u32,
+    /// Mixed passes: where the group's slot descriptors start in the row table.
+    pub desc_off: u32,
+    /// Mixed passes: each token's slot at row table[ad_off + token · ad_stride].
+    pub ad_off: u32,
+    pub ad_stride: u32,
+    /// The shrink of a mixed pass: A rows per slot.
+    pub gather_rows: u32,
     pub _pad0: u32,
     pub seg: [Seg; MAX_SEGS],
 }
@@ -428,6 +452,11 @@ pub const R_ROPE: u32 = 1;
 pub const R_QKNORM: u32 = 2;
 pub const R_SOFTCAP: u32 = 4;
 pub const R_LONG: u32 = 8;
+/// A batched pass: each query row's sequence (cache slot, positions) from the row table.
+pub const R_ROWS: u32 = 16;
+/// u32 words per row of a batched pass's row table: cache slot, the sequence's first position
+/// in the pass, its first row, its row count, its adapter slot, 3 unused.
+pub const ROW_WORDS: usize = 8;
 
 /// head_dim the attention kernel takes at most.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -483,6 +512,15 @@ pub struct SoftcapParams {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
+pub struct GatherParams {
+    pub rows: u32,
+    pub width: u32,
+    pub idx_off: u32,
+    pub idx_stride: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
 pub struct CopyParams {
     pub len4: u32,
     pub _pad0: u32,
@@ -500,7 +538,7 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
     }
     match name {
         "LinearParams" => {
-            lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, xform, act_off, nw_off, nb_off, eps, has_nb, _pad0, seg)
+            lay!(LinearParams; wd, n, x_stride, y_stride, y_off, flags, bias_off, scale_off, dora_off, post_off, in_off, t_stride, nseg, c8n, xform, act_off, nw_off, nb_off, eps, has_nb, desc_off, ad_off, ad_stride, gather_rows, _pad0, seg)
         }
         "EmbedParams" => {
             lay!(EmbedParams; wd, n, y_stride, flags, lora_r, pos_offset, row0, total_rows, scale)
@@ -516,6 +554,7 @@ pub fn twin_layout(name: &str) -> Option<(Vec<(&'static str, usize)>, usize)> {
         }
         "CopyParams" => lay!(CopyParams; len4, _pad0, _pad1, _pad2),
         "SoftcapParams" => lay!(SoftcapParams; n, dim, stride, cap),
+        "GatherParams" => lay!(GatherParams; rows, width, idx_off, idx_stride),
         _ => None,
     }
 }
@@ -530,6 +569,13 @@ pub fn host_constants() -> Vec<(&'static str, u32)> {
         ("F_POST_BIAS", F_POST_BIAS),
         ("F_LORA", F_LORA),
         ("F_ACCUM", F_ACCUM),
+        ("F_MIXED", F_MIXED),
+        ("F_GATHER", F_GATHER),
+        ("F_ADAPTER", F_ADAPTER),
+        ("NO_ADAPTER", NO_ADAPTER),
+        ("DESC_WORDS", DESC_WORDS as u32),
+        ("ROW_WORDS", ROW_WORDS as u32),
+        ("R_ROWS", R_ROWS),
         ("X_NONE", X_NONE),
         ("X_RMS", X_RMS),
         ("X_LAYER_NORM", X_LAYER_NORM),

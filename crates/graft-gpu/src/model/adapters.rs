@@ -16,7 +16,121 @@ use crate::weights::{storage_f32, GpuWeight, Packed};
 
 /// One LoRA-type term on a module: A rows (r, in), B (out, r) with the scale folded in, r, and
 /// the scaled `lora_bias`.
-type LoraTerm = (Vec<f32>, Vec<f32>, usize, Option<Vec<f32>>);
+pub(super) type LoraTerm = (Vec<f32>, Vec<f32>, usize, Option<Vec<f32>>);
+
+/// What the adapters on one module (or a row range `sk .. sk + out` of it) put into the
+/// linear kernel's epilogue, in PEFT's order: LoRA terms (B rows of the range, scale and a
+/// DoRA factor folded in), IA³ scales of the input or of the range's outputs, DoRA's
+/// m/‖W+sBA‖ on the range.
+pub(super) struct ModuleTerms {
+    pub loras: Vec<LoraTerm>,
+    pub in_scale: Option<Vec<f32>>,
+    pub out_scale: Option<Vec<f32>>,
+    pub dora: Option<Vec<f32>>,
+}
+
+/// The epilogue terms of `layers` (the adapters active on module `path`, in order). `multi`:
+/// the module shares its input with others in one dispatch (an IA³ input scale cannot be
+/// expressed then).
+pub(super) fn module_terms(
+    layers: &[&ModuleAdapter],
+    cols: usize,
+    multi: bool,
+    path: &str,
+    sk: usize,
+    out: usize,
+) -> Result<ModuleTerms> {
+    let mut loras: Vec<LoraTerm> = Vec::new();
+    let mut dora_at: Option<(usize, Vec<f32>)> = None;
+    let mut in_scale: Option<Vec<f32>> = None;
+    let mut out_scale: Option<Vec<f32>> = None;
+    for layer in layers {
+        match layer {
+            ModuleAdapter::Ia3(i) => {
+                let l = vec_f32(&i.l)?;
+                if i.feedforward {
+                    if multi {
+                        return Err(Error::Unsupported(format!(
+                            "IA3 scaling the input of {path}, which shares its input with other modules"
+                        )));
+                    }
+                    let s = in_scale.get_or_insert_with(|| vec![1f32; cols]);
+                    s.iter_mut().zip(&l).for_each(|(a, b)| *a *= b);
+                } else {
+                    let s = out_scale.get_or_insert_with(|| vec![1f32; out]);
+                    s.iter_mut()
+                        .zip(&l[sk..sk + out])
+                        .for_each(|(a, b)| *a *= b);
+                }
+            }
+            ModuleAdapter::Lora(l) => {
+                let s = l.scale as f32;
+                let mut bv = vec_f32(&l.b)?;
+                bv.iter_mut().for_each(|v| *v *= s);
+                let pb = match &l.b_bias {
+                    Some(bb) => Some(vec_f32(bb)?.iter().map(|v| v * s).collect()),
+                    None => None,
+                };
+                if let Some(d) = &l.dora {
+                    if dora_at.is_some() {
+                        return Err(Error::Unsupported(format!(
+                            "two active DoRA adapters on {path}"
+                        )));
+                    }
+                    dora_at = Some((loras.len(), vec_f32(&d.mag_norm_scale)?));
+                }
+                loras.push((vec_f32(&l.a)?, bv, l.r, pb));
+            }
+            ModuleAdapter::AdaLora(ad) => {
+                let e = vec_f32(&ad.e)?;
+                let mut av = vec_f32(&ad.a)?;
+                for (j, row) in av.chunks_mut(cols).enumerate() {
+                    row.iter_mut().for_each(|v| *v *= e[j]);
+                }
+                let s = (ad.scaling / (ad.ranknum + 1e-5)) as f32;
+                let mut bv = vec_f32(&ad.b)?;
+                bv.iter_mut().for_each(|v| *v *= s);
+                loras.push((av, bv, ad.r, None));
+            }
+            ModuleAdapter::LoraEmbedding(_) => {}
+        }
+    }
+    for l in loras.iter_mut() {
+        let r = l.2;
+        l.1 = l.1[sk * r..(sk + out) * r].to_vec();
+        if let Some(pb) = &mut l.3 {
+            *pb = pb[sk..sk + out].to_vec();
+        }
+    }
+    if let Some((_, gvec)) = &mut dora_at {
+        *gvec = gvec[sk..sk + out].to_vec();
+    }
+    if let Some((k, gvec)) = &dora_at {
+        if out_scale.is_some() {
+            return Err(Error::Unsupported(format!(
+                "DoRA and an IA3 output scale active together on {path}"
+            )));
+        }
+        // result = bias + g·(W x + Σ_{i ≤ k} terms) + Σ_{i > k} terms
+        for l in loras.iter_mut().take(k + 1) {
+            let r = l.2;
+            for o in 0..out {
+                for j in 0..r {
+                    l.1[o * r + j] *= gvec[o];
+                }
+                if let Some(pb) = &mut l.3 {
+                    pb[o] *= gvec[o];
+                }
+            }
+        }
+    }
+    Ok(ModuleTerms {
+        loras,
+        in_scale,
+        out_scale,
+        dora: dora_at.map(|d| d.1),
+    })
+}
 
 impl GpuModel {
     /// Brings the adapters on the GPU up to date with `reg` (a no-op when nothing changed).
@@ -154,93 +268,19 @@ impl GpuModel {
                 bias[row0..row0 + out].copy_from_slice(&vec_f32(bt)?[sk..sk + out]);
                 flags |= F_BIAS;
             }
-            // (A rows (r, in), B (out, r) with the scale folded in, lora bias · scale)
-            let mut loras: Vec<LoraTerm> = Vec::new();
-            let mut dora_at: Option<(usize, Vec<f32>)> = None;
-            let mut out_scaled = false;
-            for layer in reg.active_layers(m) {
-                match layer {
-                    ModuleAdapter::Ia3(i) => {
-                        let l = vec_f32(&i.l)?;
-                        if i.feedforward {
-                            if multi {
-                                return Err(Error::Unsupported(format!(
-                                    "IA3 scaling the input of {path}, which shares its input with other modules"
-                                )));
-                            }
-                            let s = inscale.get_or_insert_with(|| vec![1f32; g.cols]);
-                            s.iter_mut().zip(&l).for_each(|(a, b)| *a *= b);
-                            flags |= F_IN_SCALE;
-                        } else {
-                            scale[row0..row0 + out]
-                                .iter_mut()
-                                .zip(&l[sk..sk + out])
-                                .for_each(|(a, b)| *a *= b);
-                            flags |= F_OUT_SCALE;
-                            out_scaled = true;
-                        }
-                    }
-                    ModuleAdapter::Lora(l) => {
-                        let s = l.scale as f32;
-                        let mut bv = vec_f32(&l.b)?;
-                        bv.iter_mut().for_each(|v| *v *= s);
-                        let pb = match &l.b_bias {
-                            Some(bb) => Some(vec_f32(bb)?.iter().map(|v| v * s).collect()),
-                            None => None,
-                        };
-                        if let Some(d) = &l.dora {
-                            if dora_at.is_some() {
-                                return Err(Error::Unsupported(format!(
-                                    "two active DoRA adapters on {path}"
-                                )));
-                            }
-                            dora_at = Some((loras.len(), vec_f32(&d.mag_norm_scale)?));
-                        }
-                        loras.push((vec_f32(&l.a)?, bv, l.r, pb));
-                    }
-                    ModuleAdapter::AdaLora(ad) => {
-                        let e = vec_f32(&ad.e)?;
-                        let mut av = vec_f32(&ad.a)?;
-                        let cols = g.cols;
-                        for (j, row) in av.chunks_mut(cols).enumerate() {
-                            row.iter_mut().for_each(|v| *v *= e[j]);
-                        }
-                        let s = (ad.scaling / (ad.ranknum + 1e-5)) as f32;
-                        let mut bv = vec_f32(&ad.b)?;
-                        bv.iter_mut().for_each(|v| *v *= s);
-                        loras.push((av, bv, ad.r, None));
-                    }
-                    ModuleAdapter::LoraEmbedding(_) => {}
-                }
+            let layers = reg.active_layers(m);
+            let terms = module_terms(&layers, g.cols, multi, path, sk, out)?;
+            let loras = terms.loras;
+            if let Some(l) = &terms.in_scale {
+                let s = inscale.get_or_insert_with(|| vec![1f32; g.cols]);
+                s.iter_mut().zip(l).for_each(|(a, b)| *a *= b);
+                flags |= F_IN_SCALE;
             }
-            for l in loras.iter_mut() {
-                let r = l.2;
-                l.1 = l.1[sk * r..(sk + out) * r].to_vec();
-                if let Some(pb) = &mut l.3 {
-                    *pb = pb[sk..sk + out].to_vec();
-                }
+            if let Some(l) = &terms.out_scale {
+                scale[row0..row0 + out].copy_from_slice(l);
+                flags |= F_OUT_SCALE;
             }
-            if let Some((_, gvec)) = &mut dora_at {
-                *gvec = gvec[sk..sk + out].to_vec();
-            }
-            if let Some((k, gvec)) = &dora_at {
-                if out_scaled {
-                    return Err(Error::Unsupported(format!(
-                        "DoRA and an IA3 output scale active together on {path}"
-                    )));
-                }
-                // result = bias + g·(W x + Σ_{i ≤ k} terms) + Σ_{i > k} terms
-                for l in loras.iter_mut().take(k + 1) {
-                    let r = l.2;
-                    for o in 0..out {
-                        for j in 0..r {
-                            l.1[o * r + j] *= gvec[o];
-                        }
-                        if let Some(pb) = &mut l.3 {
-                            pb[o] *= gvec[o];
-                        }
-                    }
-                }
+            if let Some(gvec) = &terms.dora {
                 dora[row0..row0 + out].copy_from_slice(gvec);
                 flags |= F_DORA;
             }

@@ -5,6 +5,7 @@
 //! and one submit ([`plan`], [`run`]).
 
 mod adapters;
+mod batch;
 mod lower;
 mod plan;
 mod run;
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Registry, Seg};
 use crate::weights::{storage, storage_f32, GpuWeight, Packed};
 
+pub use batch::{BatchOptions, BatchSeq};
 pub use run::DevicePick;
 
 /// Tokens one forward pass takes at most; longer inputs run in chunks through the cache.
@@ -230,6 +232,9 @@ pub struct GpuModel {
     overrides: HashMap<OverrideKey, GpuWeight>,
     embed_overrides: HashMap<OverrideKey, Vec<(usize, GpuWeight)>>,
     plans: HashMap<plan::PlanKey, plan::Plan>,
+    /// The row table of batched passes (a stand-in until [`GpuModel::enable_batch`]).
+    rowinfo: wgpu::Buffer,
+    batch: Option<batch::BatchState>,
     /// Positions in the KV cache.
     pub len: usize,
     pub stats: GpuStats,
@@ -393,6 +398,8 @@ impl GpuModel {
             overrides: HashMap::new(),
             embed_overrides: HashMap::new(),
             plans: HashMap::new(),
+            rowinfo: storage(gpu, "row table", &[0u32; 4])?,
+            batch: None,
             len: 0,
             stats: GpuStats::default(),
             base_bytes: low.base_bytes,

@@ -6,7 +6,7 @@ use graft_arch::network::NormKind;
 use wgpu::util::DeviceExt;
 
 use super::{u32_of, GpuModel, Op, Xform, B, UNIFORM_STRIDE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::weights::GpuWeight;
 
@@ -46,6 +46,8 @@ pub(super) struct PlanKey {
     pub last_only: bool,
     /// 0 none, 1 greedy, 2 Gumbel (with its temperature bits and seed)
     pub pick: (u8, u32, u32),
+    /// A batched pass: the sequences (one logits row each); 0 for a one-sequence pass.
+    pub outs: usize,
 }
 
 impl PlanKey {
@@ -58,6 +60,17 @@ impl PlanKey {
                 Pick::Greedy => (1, 0, 0),
                 Pick::Gumbel { inv_temp, seed } => (2, inv_temp.to_bits(), seed),
             },
+            outs: 0,
+        }
+    }
+
+    /// A batched pass of `n` rows over `outs` sequences (see `batch.rs`).
+    pub fn batch(n: usize, outs: usize) -> Self {
+        PlanKey {
+            n,
+            last_only: true,
+            pick: (0, 0, 0),
+            outs,
         }
     }
 
@@ -91,13 +104,25 @@ impl GpuModel {
         if self.plans.contains_key(&key) {
             return Ok(());
         }
-        let plan = self.build_plan(key.n, key.last_only, pick)?;
+        let plan = self.build_plan(key.n, key.last_only, pick, key.outs)?;
         self.plans.insert(key, plan);
         Ok(())
     }
 
-    fn build_plan(&self, n: usize, last_only: bool, pick: Pick) -> Result<Plan> {
+    /// The steps of a pass over `n` rows. `outs` > 0: a batched pass of that many sequences
+    /// (rows, cache slots and adapters from the row table; their last rows' logits).
+    fn build_plan(&self, n: usize, last_only: bool, pick: Pick, outs: usize) -> Result<Plan> {
         let gpu = &self.gpu;
+        let batch = if outs > 0 {
+            match &self.batch {
+                Some(b) => Some(b),
+                None => return Err(Error::Input("batched passes are not enabled".into())),
+            }
+        } else {
+            None
+        };
+        // rows of the part after the last-row cut
+        let tail_rows = if outs > 0 { outs } else { 1 };
         let d = &self.dims;
         let mut params: Vec<u8> = Vec::new();
         let mut put = |bytes: &[u8]| -> u64 {
@@ -125,7 +150,7 @@ impl GpuModel {
             },
         }
         let mut parts: Vec<PPart> = vec![PPart::Pass(Vec::new())];
-        let cut = last_only && n > 1;
+        let cut = outs > 0 || (last_only && n > 1);
         let mut tail_src = B::X;
         let n32 = u32_of(n)?;
         let tn_of = |n: usize| if n == 1 { TN_DECODE } else { TN_PREFILL };
@@ -157,6 +182,11 @@ impl GpuModel {
                     positions,
                     scale,
                 } => {
+                    if *positions && batch.is_some() {
+                        return Err(Error::Unsupported(
+                            "learned position embeddings in a batched pass".into(),
+                        ));
+                    }
                     let em = &self.embeds[*e];
                     let es = &self.estate[*e];
                     let table = es.table.as_ref().unwrap_or(&em.parts);
@@ -214,7 +244,7 @@ impl GpuModel {
                 } => {
                     let (w_off, b_off, has_b) =
                         self.norm_offs.get(&norm.id).copied().unwrap_or_default();
-                    let ne = if *tail && last_only { 1 } else { n };
+                    let ne = if *tail && last_only { tail_rows } else { n };
                     let src = resolve(*src, tail_src);
                     let mut flags = if norm.kind == NormKind::Rms { N_RMS } else { 0 };
                     if has_b {
@@ -260,7 +290,7 @@ impl GpuModel {
                 } => {
                     let grp = &self.groups[*g];
                     let gs = &self.gstate[*g];
-                    let ne = if *tail && last_only { 1 } else { n };
+                    let ne = if *tail && last_only { tail_rows } else { n };
                     let src = resolve(*src, tail_src);
                     let tn = tn_of(ne);
                     let ne32 = u32_of(ne)?;
@@ -307,10 +337,66 @@ impl GpuModel {
                                     lt.clone(),
                                     lb.clone(),
                                     y.clone(),
+                                    self.rowinfo.clone(),
                                 ],
                                 wg: (w.desc.rows.div_ceil(RPW), ne32.div_ceil(tn), 1),
                             }
                         };
+                    let w = gs.weight.as_ref().unwrap_or(&grp.base);
+                    if let Some(bs) = batch {
+                        // a batched pass: each token's adapter from the row table
+                        let pool = &bs.pools[*g];
+                        let (ad_off, ad_stride) = if *tail && last_only {
+                            (bs.out_off + 1, 2)
+                        } else {
+                            (4, ROW_WORDS)
+                        };
+                        let mixed = LinearParams {
+                            ad_off: u32_of(ad_off)?,
+                            ad_stride: u32_of(ad_stride)?,
+                            ..input
+                        };
+                        if let Some(a) = &pool.a {
+                            // BGMV shrink: t = x·A_slotᵀ, one token per workgroup
+                            let p = LinearParams {
+                                wd: a.desc,
+                                y_stride: u32_of(pool.r_g)?,
+                                c8n: a.c8n,
+                                flags: F_GATHER,
+                                gather_rows: u32_of(pool.r_g)?,
+                                ..mixed
+                            };
+                            let mut st = linear_step(a, p, &self.dummy, &self.dummy, &bs.t_buf);
+                            st.kernel = Kernel::Linear {
+                                fmt: a.fmt,
+                                tn: TN_DECODE,
+                            };
+                            st.wg = (u32_of(pool.r_g)?.div_ceil(RPW), ne32, 1);
+                            step!(st);
+                        }
+                        let mut seg = [Seg::default(); MAX_SEGS];
+                        let mut end = 0usize;
+                        for (i, r) in grp.rows.iter().enumerate().take(MAX_SEGS) {
+                            end += r;
+                            seg[i].end = u32_of(end)?;
+                        }
+                        let p = LinearParams {
+                            wd: w.desc,
+                            y_stride: u32_of(self.width(*dst))?,
+                            y_off: *y_off,
+                            flags: (gs.flags & F_BIAS) | F_MIXED | if *accum { F_ACCUM } else { 0 },
+                            bias_off: gs.bias_off,
+                            t_stride: u32_of(pool.r_g.max(1))?,
+                            nseg: u32_of(grp.rows.len().min(MAX_SEGS))?,
+                            c8n: w.c8n,
+                            desc_off: u32_of(pool.desc_off)?,
+                            seg,
+                            ..mixed
+                        };
+                        let y = self.act(*dst).clone();
+                        step!(linear_step(w, p, &bs.t_buf, &pool.b, &y));
+                        continue;
+                    }
                     if let Some(a) = &gs.a {
                         // LoRA's shrink: t = x·Aᵀ over every active adapter of the group
                         let p = LinearParams {
@@ -321,7 +407,6 @@ impl GpuModel {
                         };
                         step!(linear_step(a, p, &self.dummy, &self.dummy, &self.t_buf));
                     }
-                    let w = gs.weight.as_ref().unwrap_or(&grp.base);
                     let mut seg = [Seg::default(); MAX_SEGS];
                     for (i, s) in gs.segs.iter().enumerate().take(MAX_SEGS) {
                         seg[i] = *s;
@@ -362,7 +447,8 @@ impl GpuModel {
                         v_off: (a.nh + a.nkv) * a.hd,
                         out_stride: u32_of(self.width(B::Att))?,
                         window: a.window,
-                        flags: if a.rope.is_some() { R_ROPE } else { 0 },
+                        flags: if a.rope.is_some() { R_ROPE } else { 0 }
+                            | if batch.is_some() { R_ROWS } else { 0 },
                         cap: u32_of(self.cap)?,
                         scale: a.scale,
                         ..Default::default()
@@ -397,7 +483,11 @@ impl GpuModel {
                         uoff,
                         usize_: std::mem::size_of::<AttentionParams>() as u64,
                         bufs: vec![
-                            self.state.clone(),
+                            if batch.is_some() {
+                                self.rowinfo.clone()
+                            } else {
+                                self.state.clone()
+                            },
                             rope.clone(),
                             self.act(B::Qkv).clone(),
                             kc.clone(),
@@ -409,7 +499,7 @@ impl GpuModel {
                     });
                 }
                 Op::Softcap { cap } => {
-                    let rows = if last_only { 1 } else { n };
+                    let rows = if last_only { tail_rows } else { n };
                     let p = SoftcapParams {
                         n: u32_of(rows)?,
                         dim: u32_of(d.vocab)?,
@@ -432,7 +522,32 @@ impl GpuModel {
                 }
                 Op::LastRow { src } => {
                     tail_src = *src;
-                    if cut {
+                    if let Some(bs) = batch {
+                        // each sequence's last row, by the row table's output list
+                        let p = GatherParams {
+                            rows: u32_of(outs)?,
+                            width: u32_of(self.width(*src))?,
+                            idx_off: u32_of(bs.out_off)?,
+                            idx_stride: 2,
+                        };
+                        let uoff = put(bytemuck::bytes_of(&p));
+                        let kernel = Kernel::Gather;
+                        step!(Pending {
+                            kernel,
+                            uoff,
+                            usize_: std::mem::size_of::<GatherParams>() as u64,
+                            bufs: vec![
+                                self.rowinfo.clone(),
+                                self.act(*src).clone(),
+                                self.act(B::Last).clone(),
+                            ],
+                            wg: (
+                                u32_of(self.width(*src))?.div_ceil(kernel.workgroup_x()),
+                                u32_of(outs)?,
+                                1
+                            ),
+                        });
+                    } else if cut {
                         let w = (self.width(*src) * 4) as u64;
                         parts.push(PPart::Copy {
                             src: self.act(*src).clone(),

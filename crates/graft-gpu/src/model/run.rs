@@ -73,7 +73,7 @@ impl GpuModel {
         Ok(key)
     }
 
-    async fn submit(
+    pub(super) async fn submit(
         &mut self,
         key: &PlanKey,
         read: Option<(&wgpu::Buffer, u64)>,
