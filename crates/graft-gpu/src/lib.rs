@@ -17,5 +17,7 @@ pub mod weights;
 
 pub use device::{Gpu, GpuInfo, GpuOptions};
 pub use error::{Error, Result};
-pub use model::{BatchOptions, BatchSeq, DevicePick, GpuModel, GpuModelOptions, GpuStats};
+pub use model::{
+    BatchLayout, BatchOptions, BatchSeq, DevicePick, GpuModel, GpuModelOptions, GpuStats,
+};
 pub use readback::map_read;

@@ -19,5 +19,10 @@ pub mod sampling;
 pub use device::{Device, DeviceOptions, DeviceReport};
 pub use error::{Error, Result};
 pub use graft_cpu::{replaces_parameters, KvCache, Sequence};
+/// Batched passes on the GPU (what a server runs): see [`graft_gpu::GpuModel::enable_batch`].
+#[cfg(feature = "gpu")]
+pub use graft_gpu::{
+    BatchLayout as GpuBatchLayout, BatchOptions as GpuBatchOptions, BatchSeq as GpuBatchSeq,
+};
 pub use model::{LoadAdapterOptions, Model, OpenOptions, Threading};
 pub use sampling::Sampling;

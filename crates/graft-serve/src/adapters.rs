@@ -31,11 +31,15 @@ struct Inner {
     tick: u64,
 }
 
+/// Whether the engine's device can run an adapter (the GPU's slots refuse some).
+pub type Check = Box<dyn Fn(&Adapter) -> Result<(), String> + Send + Sync>;
+
 /// Known adapters and the resident ones.
 pub struct Adapters {
     inner: Mutex<Inner>,
     budget: u64,
     loader: Arc<dyn Loader>,
+    check: Option<Check>,
 }
 
 /// One adapter as `/v1/models` lists it.
@@ -85,7 +89,13 @@ impl Adapters {
             inner: Mutex::new(Inner::default()),
             budget,
             loader,
+            check: None,
         }
+    }
+
+    /// Every adapter must pass `check` to become known (see [`Adapters::insert`]).
+    pub fn set_check(&mut self, check: Check) {
+        self.check = Some(check);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -148,6 +158,9 @@ impl Adapters {
         a: Adapter,
         replace: bool,
     ) -> Result<Arc<Adapter>, String> {
+        if let Some(check) = &self.check {
+            check(&a)?;
+        }
         let bytes = adapter_bytes(&a);
         let a = Arc::new(a);
         let mut g = self.lock();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use graft_adapters::Adapter;
 use graft_models::sampling::Sampler;
-use graft_models::{KvCache, Model, Sampling, Sequence};
+use graft_models::{Device, GpuBatchSeq, KvCache, Model, Sampling, Sequence};
 use graft_text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -27,6 +27,9 @@ pub struct EngineConfig {
     /// Prompt tokens one step runs at most (a longer prompt is prefilled over several steps,
     /// in chunks of this size, so it does not stall the running decodes).
     pub prefill_chunk: usize,
+    /// On a GPU: adapters resident in its adapter slots at once (the model's batched passes
+    /// are enabled with as many).
+    pub gpu_adapter_slots: usize,
 }
 
 /// What a request hears from the engine.
@@ -80,6 +83,67 @@ struct Seq {
     sampler: Sampler,
     text: TextStream,
     last_token: Option<Instant>,
+    /// On a GPU: the sequence's KV-cache slot, the positions it holds, its adapter's slot.
+    kv_slot: usize,
+    pos: usize,
+    gpu_adapter: Option<usize>,
+}
+
+/// A GPU adapter slot: the adapter it holds and the running sequences using it.
+struct GpuSlot {
+    adapter: Option<Arc<Adapter>>,
+    users: usize,
+    last_used: u64,
+}
+
+/// On a GPU: which adapters sit in its slots, and the free KV-cache slots.
+struct GpuState {
+    slots: Vec<GpuSlot>,
+    kv_free: Vec<usize>,
+    tick: u64,
+}
+
+impl GpuState {
+    /// A slot holding `a`, uploading it into the least recently used idle slot if no slot
+    /// holds it. `Ok(None)`: every slot is in use by running sequences (the job waits).
+    fn acquire(&mut self, model: &Model, a: &Arc<Adapter>) -> Result<Option<usize>, String> {
+        self.tick += 1;
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.adapter.as_ref().is_some_and(|x| Arc::ptr_eq(x, a)))
+        {
+            self.slots[i].users += 1;
+            self.slots[i].last_used = self.tick;
+            return Ok(Some(i));
+        }
+        let Some(i) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.users == 0)
+            .min_by_key(|(_, s)| (s.adapter.is_some(), s.last_used))
+            .map(|(i, _)| i)
+        else {
+            return Ok(None);
+        };
+        let up = model.with_gpu(|g, table, _| g.upload_adapter(table, i, a));
+        match up {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                // the slot's old contents may be partly overwritten: it holds nothing now
+                self.slots[i].adapter = None;
+                return Err(e.to_string());
+            }
+            None => return Err("the model is not on a GPU".into()),
+        }
+        self.slots[i] = GpuSlot {
+            adapter: Some(a.clone()),
+            users: 1,
+            last_used: self.tick,
+        };
+        Ok(Some(i))
+    }
 }
 
 impl Seq {
@@ -102,6 +166,17 @@ impl Engine {
     ) -> std::io::Result<Engine> {
         let (tx, rx) = std::sync::mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let gpu = (model.device() == Device::Gpu).then(|| GpuState {
+            slots: (0..cfg.gpu_adapter_slots)
+                .map(|_| GpuSlot {
+                    adapter: None,
+                    users: 0,
+                    last_used: 0,
+                })
+                .collect(),
+            kv_free: (0..cfg.max_batch).rev().collect(),
+            tick: 0,
+        });
         let w = waiting.clone();
         let thread = std::thread::Builder::new()
             .name("graft-engine".into())
@@ -116,6 +191,7 @@ impl Engine {
                     queue: VecDeque::new(),
                     running: Vec::new(),
                     turn: 0,
+                    gpu,
                 }
                 .run(rx)
             })?;
@@ -157,6 +233,7 @@ struct Loop {
     queue: VecDeque<Job>,
     running: Vec<Seq>,
     turn: usize,
+    gpu: Option<GpuState>,
 }
 
 impl Loop {
@@ -181,11 +258,46 @@ impl Loop {
             }
             self.drop_gone();
             while self.running.len() < self.cfg.max_batch {
+                let Some(job) = self.queue.front() else {
+                    break;
+                };
+                let mut kv_slot = 0;
+                let mut gpu_adapter = None;
+                if let Some(gs) = &mut self.gpu {
+                    if let Some(a) = &job.adapter {
+                        match gs.acquire(&self.model, a) {
+                            Ok(Some(i)) => gpu_adapter = Some(i),
+                            // every adapter slot is busy: the queue waits for one
+                            Ok(None) => break,
+                            Err(e) => {
+                                if let Some(job) = self.queue.pop_front() {
+                                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                                    let _ = job.events.send(Event::Failed(format!(
+                                        "adapter `{}` cannot run on the GPU: {e}",
+                                        job.label
+                                    )));
+                                    self.metrics
+                                        .requests
+                                        .with_label_values(&[&job.label, "error"])
+                                        .inc();
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    // running < max_batch: a KV slot is free
+                    kv_slot = gs.kv_free.pop().unwrap_or(0);
+                }
                 let Some(job) = self.queue.pop_front() else {
                     break;
                 };
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
-                let cap = job.prompt.len() + job.max_tokens;
+                // on a GPU the KV cache is the GPU's slot
+                let cap = if self.gpu.is_some() {
+                    0
+                } else {
+                    job.prompt.len() + job.max_tokens
+                };
                 self.running.push(Seq {
                     sampler: Sampler::new(job.sampling.clone()),
                     job,
@@ -194,6 +306,9 @@ impl Loop {
                     produced: Vec::new(),
                     text: TextStream::default(),
                     last_token: None,
+                    kv_slot,
+                    pos: 0,
+                    gpu_adapter,
                 });
             }
             self.metrics
@@ -215,16 +330,33 @@ impl Loop {
         if gone > 0 {
             self.waiting.fetch_sub(gone, Ordering::SeqCst);
         }
-        let m = &self.metrics;
-        self.running.retain(|s| {
+        let m = self.metrics.clone();
+        self.remove_where(|_, s| {
             let closed = s.job.events.is_closed();
             if closed {
                 m.requests
                     .with_label_values(&[&s.job.label, "cancelled"])
                     .inc();
             }
-            !closed
+            closed
         });
+    }
+
+    /// Removes the running sequences `gone(index, seq)` picks, freeing their GPU slots.
+    fn remove_where(&mut self, mut gone: impl FnMut(usize, &Seq) -> bool) {
+        let running = std::mem::take(&mut self.running);
+        for (i, s) in running.into_iter().enumerate() {
+            if !gone(i, &s) {
+                self.running.push(s);
+                continue;
+            }
+            if let Some(gs) = &mut self.gpu {
+                gs.kv_free.push(s.kv_slot);
+                if let Some(a) = s.gpu_adapter {
+                    gs.slots[a].users = gs.slots[a].users.saturating_sub(1);
+                }
+            }
+        }
     }
 
     /// One forward pass over one group of the running sequences.
@@ -271,7 +403,27 @@ impl Loop {
         let tokens: usize = plan.iter().map(|p| p.1.len()).sum();
         self.metrics.batch_sequences.observe(plan.len() as f64);
         self.metrics.batch_tokens.observe(tokens as f64);
-        let logits = {
+        let logits: Result<candle_core::Tensor, String> = if self.gpu.is_some() {
+            let seqs: Vec<GpuBatchSeq> = plan
+                .iter()
+                .map(|(i, ids, _)| {
+                    let s = &self.running[*i];
+                    GpuBatchSeq {
+                        ids,
+                        slot: s.kv_slot,
+                        pos: s.pos,
+                        adapter: s.gpu_adapter,
+                    }
+                })
+                .collect();
+            match self
+                .model
+                .with_gpu(|g, table, reg| g.forward_batch(table, reg, &seqs))
+            {
+                Some(r) => r.map_err(|e| e.to_string()),
+                None => Err("the model is not on a GPU".into()),
+            }
+        } else {
             let mut slot: Vec<Option<usize>> = vec![None; self.running.len()];
             for (k, p) in plan.iter().enumerate() {
                 slot[p.0] = Some(k);
@@ -292,9 +444,11 @@ impl Loop {
             }
             seqs.sort_by_key(|(k, _)| *k);
             let mut seqs: Vec<Sequence> = seqs.into_iter().map(|(_, s)| s).collect();
-            self.model.forward_batch(&mut seqs)
+            self.model
+                .forward_batch(&mut seqs)
+                .map_err(|e| e.to_string())
         };
-        let rows: Result<Vec<Vec<f32>>, String> = logits.map_err(|e| e.to_string()).and_then(|l| {
+        let rows: Result<Vec<Vec<f32>>, String> = logits.and_then(|l| {
             (0..plan.len())
                 .map(|k| {
                     l.get(k)
@@ -320,17 +474,14 @@ impl Loop {
                         .with_label_values(&[&s.job.label, "error"])
                         .inc();
                 }
-                let mut i = 0;
-                self.running.retain(|_| {
-                    i += 1;
-                    !failed.contains(&(i - 1))
-                });
+                self.remove_where(|i, _| failed.contains(&i));
                 return;
             }
         };
         let mut done: Vec<usize> = Vec::new();
-        for ((i, _, took), row) in plan.iter().zip(rows) {
+        for ((i, ids, took), row) in plan.iter().zip(rows) {
             let s = &mut self.running[*i];
+            s.pos += ids.len();
             if *took > 0 {
                 s.prefilled += took;
                 self.metrics
@@ -407,11 +558,7 @@ impl Loop {
             }
         }
         if !done.is_empty() {
-            let mut i = 0;
-            self.running.retain(|_| {
-                i += 1;
-                !done.contains(&(i - 1))
-            });
+            self.remove_where(|i, _| done.contains(&i));
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graft_adapters::Adapter;
-use graft_models::Model;
+use graft_models::{Device, GpuBatchOptions, Model};
 use graft_text::Tokenizer;
 
 pub use adapters::Loader;
@@ -51,6 +51,10 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// After a shutdown signal, how long running requests may take to finish.
     pub shutdown_timeout: Duration,
+    /// On a GPU: adapters resident in its adapter slots at once (vLLM's `--max-loras`).
+    pub gpu_adapter_slots: usize,
+    /// On a GPU: the largest LoRA rank an adapter slot takes (vLLM's `--max-lora-rank`).
+    pub max_lora_rank: usize,
 }
 
 /// What every request handler shares.
@@ -92,7 +96,43 @@ impl Server {
                 model.max_positions()
             ));
         }
-        let set = adapters::Adapters::new(cfg.adapter_memory, loader);
+        let model = Arc::new(model);
+        let mut set = adapters::Adapters::new(cfg.adapter_memory, loader);
+        if model.device() == Device::Gpu {
+            let layout = model
+                .with_gpu(|g, _, _| -> std::result::Result<_, String> {
+                    if g.capacity() < cfg.max_context {
+                        return Err(format!(
+                            "the GPU's KV cache holds {} positions, less than max-context {}",
+                            g.capacity(),
+                            cfg.max_context
+                        ));
+                    }
+                    g.enable_batch(GpuBatchOptions {
+                        sequences: cfg.max_batch,
+                        adapters: cfg.gpu_adapter_slots,
+                        max_rank: cfg.max_lora_rank,
+                    })
+                    .map_err(|e| format!("batched passes on the GPU: {e}"))?;
+                    if cfg.prefill_chunk + cfg.max_batch > g.batch_rows() {
+                        return Err(format!(
+                            "a step of the prefill chunk ({}) and a decode token of every sequence ({}) is more rows than one GPU pass takes ({})",
+                            cfg.prefill_chunk,
+                            cfg.max_batch,
+                            g.batch_rows()
+                        ));
+                    }
+                    g.batch_layout()
+                        .ok_or_else(|| "batched passes are not enabled".to_string())
+                })
+                .unwrap_or_else(|| Err("the model is not on a GPU".into()))?;
+            let m = model.clone();
+            // an adapter the GPU's slots cannot hold is refused as it loads, not when a
+            // request runs
+            set.set_check(Box::new(move |a| {
+                layout.check(m.table(), a).map_err(|e| e.to_string())
+            }));
+        }
         for (name, source, a) in adapters {
             if name == cfg.base_name {
                 return Err(format!("an adapter cannot take the base's name `{name}`"));
@@ -102,7 +142,6 @@ impl Server {
         let metrics = Arc::new(metrics::Metrics::new());
         let vocab_size = model.vocab_size;
         let tokenizer = Arc::new(tokenizer);
-        let model = Arc::new(model);
         let engine = engine::Engine::start(
             model.clone(),
             tokenizer.clone(),
@@ -110,6 +149,7 @@ impl Server {
             engine::EngineConfig {
                 max_batch: cfg.max_batch,
                 prefill_chunk: cfg.prefill_chunk,
+                gpu_adapter_slots: cfg.gpu_adapter_slots,
             },
             metrics.clone(),
         )

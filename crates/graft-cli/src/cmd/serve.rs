@@ -10,7 +10,9 @@ use graft_models::model::DEFAULT_MODEL_ID;
 use graft_models::{LoadAdapterOptions, Model};
 use graft_serve::{Loader, ServeConfig, Server};
 
-use super::model::{open, parse_adapter_arg, print_warnings, tokenizer_for, HubArgs, ModelArgs};
+use super::model::{
+    open, parse_adapter_arg, print_warnings, to_device, tokenizer_for, HubArgs, ModelArgs,
+};
 use crate::CliResult;
 
 #[derive(Args)]
@@ -44,9 +46,15 @@ pub struct ServeCmd {
     pub host: String,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Where the batch runs. The batched pass runs on the CPU so far: gpu is refused.
-    #[arg(long, default_value = "cpu", value_parser = ["auto", "cpu", "gpu"])]
+    /// Where the batch runs: auto takes a hardware GPU when there is one, else the CPU.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     pub device: String,
+    /// On a GPU: adapters resident in its adapter slots at once (others wait for a slot).
+    #[arg(long, default_value_t = 8)]
+    pub max_loras: usize,
+    /// On a GPU: the largest LoRA rank an adapter slot takes (adapters above it are refused).
+    #[arg(long, default_value_t = 16)]
+    pub max_lora_rank: usize,
     /// Sequences in the running batch at most.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
@@ -103,10 +111,7 @@ impl Loader for CliLoader {
 }
 
 pub fn serve(c: &ServeCmd) -> CliResult<()> {
-    if c.device == "gpu" {
-        return Err("graft serve batches requests on the CPU so far (the mixed-adapter GPU pass is not built yet); use --device cpu".into());
-    }
-    let args = ModelArgs {
+    let mut args = ModelArgs {
         model: c.model.clone(),
         gguf_file: c.gguf_file.clone(),
         hub: c.hub.clone(),
@@ -159,6 +164,15 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
     let max_context = c
         .max_context
         .unwrap_or_else(|| model.max_positions().min(4096));
+    args.device = c.device.clone();
+    args.max_context = Some(max_context);
+    // after the adapters left the registry: the GPU holds the base only, adapters enter its
+    // slots as requests use them
+    to_device(&args, &mut model)?;
+    let on = match model.device() {
+        graft_models::Device::Gpu => "on the GPU",
+        _ => "on the CPU",
+    };
     let kv = model.kv_cache_bytes(max_context) * c.max_batch as u64;
     let names: Vec<String> = adapters.iter().map(|a| a.0.clone()).collect();
     let cfg = ServeConfig {
@@ -174,6 +188,8 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
                 .filter(|k| !k.is_empty())
         }),
         shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
+        gpu_adapter_slots: c.max_loras,
+        max_lora_rank: c.max_lora_rank,
     };
     let server = Server::new(model, tokenizer, eos, cfg, loader, adapters)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -186,7 +202,7 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
             .map_err(|e| format!("cannot listen on {}:{}: {e}", c.host, c.port))?;
         let addr = listener.local_addr()?;
         eprintln!(
-            "graft serve: http://{addr} — model `{base_name}`, adapters: {}; batch {}, context {max_context} (KV cache up to {} MiB), on the CPU",
+            "graft serve: http://{addr} — model `{base_name}`, adapters: {}; batch {}, context {max_context} (KV cache up to {} MiB), {on}",
             if names.is_empty() { "none".to_string() } else { names.join(", ") },
             c.max_batch,
             kv >> 20,

@@ -64,8 +64,148 @@ pub(super) struct SlotPool {
     pub desc_off: usize,
 }
 
+/// One linear group as the adapter slots see it.
+#[derive(Debug, Clone)]
+struct GroupShape {
+    modules: Vec<usize>,
+    rows: Vec<usize>,
+    cols: usize,
+    row0: usize,
+    r_g: usize,
+    slot_floats: usize,
+}
+
+/// What an adapter slot holds for one group: A rows, B and vectors, descriptor (offsets
+/// within the slot).
+type SlotWrite = (Vec<f32>, Vec<f32>, [u32; DESC_WORDS]);
+
+/// The shape of the adapter slots: what decides whether an adapter fits one, without the GPU
+/// (a server checks adapters with it as they load, off the thread that runs the passes).
+#[derive(Debug, Clone)]
+pub struct BatchLayout {
+    groups: Vec<GroupShape>,
+    max_rank: usize,
+}
+
+impl BatchLayout {
+    /// Whether `adapter` can enter a slot (see [`GpuModel::upload_adapter`]).
+    pub fn check(&self, table: &ModuleTable, adapter: &Adapter) -> Result<()> {
+        self.slot_data(table, adapter).map(|_| ())
+    }
+
+    /// Per group, the slot's contents (offsets relative to the slot's start in the pool).
+    fn slot_data(&self, table: &ModuleTable, adapter: &Adapter) -> Result<Vec<SlotWrite>> {
+        if !adapter.saved_modules.is_empty() || !adapter.base_params.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "adapter {} replaces base parameters (modules_to_save or saved weights), which a shared batch cannot hold",
+                adapter.name
+            )));
+        }
+        if let Some((m, _)) = adapter
+            .layers
+            .iter()
+            .find(|(_, l)| matches!(l, ModuleAdapter::LoraEmbedding(_)))
+        {
+            return Err(Error::Unsupported(format!(
+                "adapter {} adapts the embedding {} (not in a shared batch yet)",
+                adapter.name, table.inventory.modules[*m].path
+            )));
+        }
+        let max_rank = self.max_rank;
+        let mut writes = Vec::with_capacity(self.groups.len());
+        for g in &self.groups {
+            let rows_total: usize = g.rows.iter().sum();
+            let multi = g.modules.len() > 1;
+            let mut a_rows = vec![0f32; g.r_g * g.cols];
+            let mut vals = vec![0f32; g.slot_floats];
+            let (scale_at, dora_at, post_at, in_at) = (
+                rows_total * max_rank,
+                rows_total * max_rank + rows_total,
+                rows_total * max_rank + 2 * rows_total,
+                rows_total * max_rank + 3 * rows_total,
+            );
+            vals[scale_at..post_at].fill(1.0);
+            vals[in_at..].fill(1.0);
+            let mut desc = [0u32; DESC_WORDS];
+            let mut flags = 0u32;
+            let (mut row0, mut t_off, mut b_at) = (0usize, 0usize, 0usize);
+            for (mi, &m) in g.modules.iter().enumerate() {
+                let out = g.rows[mi];
+                let layers: Vec<&ModuleAdapter> = adapter.layers.get(&m).into_iter().collect();
+                if layers.is_empty() {
+                    b_at += out * max_rank;
+                    row0 += out;
+                    continue;
+                }
+                let path = &table.inventory.modules[m].path;
+                let terms = module_terms(&layers, g.cols, multi, path, g.row0, out)?;
+                if let Some(s) = &terms.in_scale {
+                    vals[in_at..in_at + g.cols].copy_from_slice(s);
+                    flags |= F_IN_SCALE;
+                }
+                if let Some(s) = &terms.out_scale {
+                    vals[scale_at + row0..scale_at + row0 + out].copy_from_slice(s);
+                    flags |= F_OUT_SCALE;
+                }
+                if let Some(d) = &terms.dora {
+                    vals[dora_at + row0..dora_at + row0 + out].copy_from_slice(d);
+                    flags |= F_DORA;
+                }
+                let r: usize = terms.loras.iter().map(|l| l.2).sum();
+                if r > max_rank {
+                    return Err(Error::Unsupported(format!(
+                        "rank {r} on {path} in adapter {}: the batch's adapter slots take rank {max_rank} at most",
+                        adapter.name
+                    )));
+                }
+                for l in &terms.loras {
+                    if let Some(pb) = &l.3 {
+                        vals[post_at + row0..post_at + row0 + out]
+                            .iter_mut()
+                            .zip(pb)
+                            .for_each(|(a, b)| *a += b);
+                        flags |= F_POST_BIAS;
+                    }
+                }
+                let mut k = t_off;
+                for l in &terms.loras {
+                    a_rows[k * g.cols..(k + l.2) * g.cols].copy_from_slice(&l.0);
+                    k += l.2;
+                }
+                let mut at = b_at;
+                for o in 0..out {
+                    for l in &terms.loras {
+                        vals[at..at + l.2].copy_from_slice(&l.1[o * l.2..(o + 1) * l.2]);
+                        at += l.2;
+                    }
+                }
+                if r > 0 {
+                    flags |= F_LORA;
+                }
+                if mi < MAX_SEGS {
+                    let e = 8 + 4 * mi;
+                    desc[e] = u32_of(t_off)?;
+                    desc[e + 1] = u32_of(r)?;
+                    desc[e + 2] = u32_of(b_at)?;
+                }
+                t_off += r;
+                b_at += out * max_rank;
+                row0 += out;
+            }
+            desc[0] = flags;
+            desc[1] = u32_of(scale_at)?;
+            desc[2] = u32_of(dora_at)?;
+            desc[3] = u32_of(post_at)?;
+            desc[4] = u32_of(in_at)?;
+            writes.push((a_rows, vals, desc));
+        }
+        Ok(writes)
+    }
+}
+
 pub(super) struct BatchState {
     pub opts: BatchOptions,
+    layout: BatchLayout,
     pub max_rows: usize,
     pub out_off: usize,
     pub pools: Vec<SlotPool>,
@@ -124,6 +264,7 @@ impl GpuModel {
         let out_off = max_rows * ROW_WORDS;
         let mut desc_off = out_off + 2 * max_rows;
         let mut pools = Vec::with_capacity(self.groups.len());
+        let mut shapes = Vec::with_capacity(self.groups.len());
         let mut t_max = 1usize;
         for g in &self.groups {
             let rows: usize = g.rows.iter().sum();
@@ -150,6 +291,14 @@ impl GpuModel {
             };
             let b = zeroed("adapter slots: B and vectors", k * slot_floats)?;
             t_max = t_max.max(r_g);
+            shapes.push(GroupShape {
+                modules: g.modules.clone(),
+                rows: g.rows.clone(),
+                cols: g.cols,
+                row0: g.row0,
+                r_g,
+                slot_floats,
+            });
             pools.push(SlotPool {
                 a,
                 r_g,
@@ -165,6 +314,10 @@ impl GpuModel {
         self.rowinfo = rowinfo;
         self.batch = Some(BatchState {
             opts,
+            layout: BatchLayout {
+                groups: shapes,
+                max_rank: opts.max_rank,
+            },
             max_rows,
             out_off,
             pools,
@@ -174,6 +327,11 @@ impl GpuModel {
         self.len = 0;
         self.plans.clear();
         self.gpu.take_error()
+    }
+
+    /// The adapter slots' shape, once batched passes are enabled.
+    pub fn batch_layout(&self) -> Option<BatchLayout> {
+        self.batch.as_ref().map(|b| b.layout.clone())
     }
 
     /// Rows one batched pass takes at most (prompt chunks and decode tokens together).
@@ -201,113 +359,17 @@ impl GpuModel {
                 opts.adapters
             )));
         }
-        if !adapter.saved_modules.is_empty() || !adapter.base_params.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "adapter {} replaces base parameters (modules_to_save or saved weights), which a shared batch cannot hold",
-                adapter.name
-            )));
-        }
-        if let Some((m, _)) = adapter
-            .layers
-            .iter()
-            .find(|(_, l)| matches!(l, ModuleAdapter::LoraEmbedding(_)))
-        {
-            return Err(Error::Unsupported(format!(
-                "adapter {} adapts the embedding {} (not in a shared batch yet)",
-                adapter.name, table.inventory.modules[*m].path
-            )));
-        }
-        let mut writes: Vec<(usize, Vec<f32>, Vec<f32>, [u32; DESC_WORDS])> = Vec::new();
-        for (gi, g) in self.groups.iter().enumerate() {
-            let pool = &bs.pools[gi];
-            let rows_total: usize = g.rows.iter().sum();
-            let multi = g.modules.len() > 1;
-            let mut a_rows = vec![0f32; pool.r_g * g.cols];
-            let mut vals = vec![0f32; pool.slot_floats];
-            let (scale_at, dora_at, post_at, in_at) = (
-                rows_total * opts.max_rank,
-                rows_total * opts.max_rank + rows_total,
-                rows_total * opts.max_rank + 2 * rows_total,
-                rows_total * opts.max_rank + 3 * rows_total,
-            );
-            vals[scale_at..post_at].fill(1.0);
-            let base = slot * pool.slot_floats;
-            let mut desc = [0u32; DESC_WORDS];
-            let mut flags = 0u32;
-            let (mut row0, mut t_off, mut b_at) = (0usize, 0usize, 0usize);
-            for (mi, &m) in g.modules.iter().enumerate() {
-                let out = g.rows[mi];
-                let layers: Vec<&ModuleAdapter> = adapter.layers.get(&m).into_iter().collect();
-                if layers.is_empty() {
-                    b_at += out * opts.max_rank;
-                    row0 += out;
-                    continue;
-                }
-                let path = &table.inventory.modules[m].path;
-                let terms = module_terms(&layers, g.cols, multi, path, g.row0, out)?;
-                if let Some(s) = &terms.in_scale {
-                    vals[in_at..in_at + g.cols].copy_from_slice(s);
-                    flags |= F_IN_SCALE;
-                }
-                if let Some(s) = &terms.out_scale {
-                    vals[scale_at + row0..scale_at + row0 + out].copy_from_slice(s);
-                    flags |= F_OUT_SCALE;
-                }
-                if let Some(d) = &terms.dora {
-                    vals[dora_at + row0..dora_at + row0 + out].copy_from_slice(d);
-                    flags |= F_DORA;
-                }
-                let r: usize = terms.loras.iter().map(|l| l.2).sum();
-                if r > opts.max_rank {
-                    return Err(Error::Unsupported(format!(
-                        "rank {r} on {path} in adapter {}: the batch's adapter slots take rank {} at most",
-                        adapter.name, opts.max_rank
-                    )));
-                }
-                for l in &terms.loras {
-                    if let Some(pb) = &l.3 {
-                        vals[post_at + row0..post_at + row0 + out]
-                            .iter_mut()
-                            .zip(pb)
-                            .for_each(|(a, b)| *a += b);
-                        flags |= F_POST_BIAS;
-                    }
-                }
-                let mut k = t_off;
-                for l in &terms.loras {
-                    a_rows[k * g.cols..(k + l.2) * g.cols].copy_from_slice(&l.0);
-                    k += l.2;
-                }
-                let mut at = b_at;
-                for o in 0..out {
-                    for l in &terms.loras {
-                        vals[at..at + l.2].copy_from_slice(&l.1[o * l.2..(o + 1) * l.2]);
-                        at += l.2;
-                    }
-                }
-                if r > 0 {
-                    flags |= F_LORA;
-                }
-                if mi < MAX_SEGS {
-                    let e = 8 + 4 * mi;
-                    desc[e] = u32_of(t_off)?;
-                    desc[e + 1] = u32_of(r)?;
-                    desc[e + 2] = u32_of(base + b_at)?;
-                }
-                t_off += r;
-                b_at += out * opts.max_rank;
-                row0 += out;
-            }
-            desc[0] = flags;
-            desc[1] = u32_of(base + scale_at)?;
-            desc[2] = u32_of(base + dora_at)?;
-            desc[3] = u32_of(base + post_at)?;
-            desc[4] = u32_of(base + in_at)?;
-            writes.push((gi, a_rows, vals, desc));
-        }
+        let writes = bs.layout.slot_data(table, adapter)?;
         let q = &self.gpu.queue;
-        for (gi, a_rows, vals, desc) in writes {
-            let pool = &bs.pools[gi];
+        for (pool, (a_rows, vals, mut desc)) in bs.pools.iter().zip(writes) {
+            // the descriptor's offsets, from the slot's start to the pool's
+            let base = u32_of(slot * pool.slot_floats)?;
+            for w in desc[1..5].iter_mut() {
+                *w += base;
+            }
+            for s in 0..MAX_SEGS {
+                desc[8 + 4 * s + 2] += base;
+            }
             if let Some(a) = &pool.a {
                 let off = (slot * a_rows.len() * 4) as u64;
                 q.write_buffer(&a.wq, off, bytemuck::cast_slice(&a_rows));

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Registry, Seg};
 use crate::weights::{storage, storage_f32, GpuWeight, Packed};
 
-pub use batch::{BatchOptions, BatchSeq};
+pub use batch::{BatchLayout, BatchOptions, BatchSeq};
 pub use run::DevicePick;
 
 /// Tokens one forward pass takes at most; longer inputs run in chunks through the cache.
