@@ -13,9 +13,10 @@ use std::sync::OnceLock;
 use bytemuck::bytes_of;
 use graft_cpu::attention::{rope_in_place, KvCache};
 use graft_gpu::kernels::{
-    ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, Kernel, LinearParams, NormParams,
-    Seg, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS, F_DORA, F_IN_SCALE, F_LORA, F_OUT_SCALE,
-    F_POST_BIAS, MAX_HEAD_DIM, MAX_SEGS, N_BIAS, N_RMS, R_QKNORM, R_ROPE, R_SOFTCAP, S_GUMBEL,
+    ArgmaxParams, AttentionParams, CopyParams, EmbedParams, Fmt, GatherParams, Kernel,
+    LinearParams, NormParams, Seg, DESC_WORDS, E_ACCUM, E_LORA, E_POSITIONS, F_ACCUM, F_BIAS,
+    F_DORA, F_GATHER, F_IN_SCALE, F_LORA, F_MIXED, F_OUT_SCALE, F_POST_BIAS, MAX_HEAD_DIM,
+    MAX_SEGS, NO_ADAPTER, N_BIAS, N_RMS, ROW_WORDS, R_QKNORM, R_ROPE, R_SOFTCAP, S_GUMBEL,
     TN_DECODE, TN_PREFILL, X_GELU, X_LAYER_NORM, X_NONE, X_RELU, X_RMS, X_SILU_MUL,
 };
 use graft_gpu::ops::{Input, Ops};
@@ -217,6 +218,24 @@ fn run_linear(
     io: &LinearIo,
     ctx: &str,
 ) -> Vec<f32> {
+    run_linear_rows(ops, tn, p, w, io, &[0; 4], ctx)
+}
+
+/// [`run_linear`] with a row table (batched passes).
+fn run_linear_rows(
+    ops: &Ops,
+    tn: u32,
+    p: &LinearParams,
+    w: &Packed,
+    io: &LinearIo,
+    rowinfo: &[u32],
+    ctx: &str,
+) -> Vec<f32> {
+    let rows = if p.flags & F_GATHER != 0 {
+        p.gather_rows
+    } else {
+        w.desc.rows
+    };
     let out = run(
         ops,
         Kernel::Linear { fmt: w.fmt, tn },
@@ -229,12 +248,9 @@ fn run_linear(
             Input::F32(io.lt),
             Input::F32(io.lb),
             Input::F32(io.y),
+            Input::U32(rowinfo),
         ],
-        (
-            w.desc.rows.div_ceil(graft_gpu::kernels::RPW),
-            p.n.div_ceil(tn),
-            1,
-        ),
+        (rows.div_ceil(graft_gpu::kernels::RPW), p.n.div_ceil(tn), 1),
         &[7],
         ctx,
     );
@@ -1513,6 +1529,304 @@ fn copy_vec4_grid_stride() {
         let got = floats(&out[0], dst0.len());
         let mut want = src[..len4 * 4].to_vec();
         want.extend_from_slice(&dst0[len4 * 4..]);
+        assert!(got == want, "{ctx}: differs");
+    }
+}
+
+// ---------------------------------------------------------------- batched passes
+
+/// A batched pass's epilogue (F_MIXED): every token, whatever its neighbours' adapters, gets
+/// bit for bit what the kernel gives it with its own adapter's terms in P and aux (the
+/// one-sequence path), for random slots (some tokens without an adapter), random flag subsets
+/// per slot, both token tilings and quantized weights.
+#[test]
+fn linear_mixed_rows_equal_each_adapter_alone() {
+    let Some(gpu) = gpu() else { return };
+    let ops = ops(&gpu);
+    let mut rng = Rng::new(21);
+    let adapter_flags = [F_OUT_SCALE, F_IN_SCALE, F_DORA, F_POST_BIAS, F_LORA];
+    for (case, &(fmt, cols, n)) in [
+        (Fmt::F32, 37usize, 9usize),
+        (Fmt::Q8_0, 64, 13),
+        (Fmt::Q4_0, 96, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let segs = [5usize, 3, 6];
+        let rows: usize = segs.iter().sum();
+        let max_rank = 4;
+        let slots = 3;
+        let (w, _) = pack(fmt, rows, cols, &rng.vec(rows * cols));
+        // pool per slot: B (rows × max_rank) | out scale | dora | post | in scale
+        let slot_floats = rows * max_rank + 3 * rows + cols;
+        let mut pool = rng.vec(2);
+        let pool0 = pool.len();
+        pool.extend(rng.range(slots * slot_floats, 0.5, 1.5));
+        let bias = rng.vec(rows);
+        // descriptors after a row table of unused words
+        let desc_off = 40usize;
+        let ad_off = 1usize;
+        let ad_stride = 3usize;
+        let mut rowinfo = vec![0u32; desc_off + slots * DESC_WORDS];
+        let mut descs = Vec::new();
+        for a in 0..slots {
+            let base = pool0 + a * slot_floats;
+            let mut flags = 0;
+            for f in adapter_flags {
+                if rng.below(2) == 1 || (case == 0 && a == 0) {
+                    flags |= f;
+                }
+            }
+            let mut d = [0u32; DESC_WORDS];
+            d[0] = flags;
+            d[1] = (base + rows * max_rank) as u32;
+            d[2] = (base + rows * max_rank + rows) as u32;
+            d[3] = (base + rows * max_rank + 2 * rows) as u32;
+            d[4] = (base + rows * max_rank + 3 * rows) as u32;
+            let (mut t_off, mut b_at) = (0usize, 0usize);
+            for (s, &sr) in segs.iter().enumerate() {
+                let r = 1 + rng.below(max_rank as u32) as usize;
+                d[8 + 4 * s] = t_off as u32;
+                d[8 + 4 * s + 1] = r as u32;
+                d[8 + 4 * s + 2] = (base + b_at) as u32;
+                t_off += r;
+                b_at += sr * max_rank;
+            }
+            rowinfo[desc_off + a * DESC_WORDS..desc_off + (a + 1) * DESC_WORDS].copy_from_slice(&d);
+            descs.push(d);
+        }
+        let slot_of: Vec<u32> = (0..n)
+            .map(|_| match rng.below(slots as u32 + 1) {
+                x if x == slots as u32 => NO_ADAPTER,
+                x => x,
+            })
+            .collect();
+        for (t, &a) in slot_of.iter().enumerate() {
+            rowinfo[ad_off + t * ad_stride] = a;
+        }
+        let mut seg = [Seg::default(); MAX_SEGS];
+        let mut end = 0;
+        for (i, r) in segs.iter().enumerate() {
+            end += r;
+            seg[i].end = end as u32;
+        }
+        let t_stride = segs.len() * max_rank + 1;
+        let x = rng.vec(n * cols);
+        let lt = rng.vec(n * t_stride);
+        let y0 = rng.vec(n * rows);
+        // aux for the reference runs: the bias, then the pool (so aux[rows + i] = pool[i])
+        let mut aux = bias.clone();
+        aux.extend_from_slice(&pool);
+        for tn in [TN_DECODE, TN_PREFILL] {
+            let p = LinearParams {
+                wd: w.desc,
+                n: n as u32,
+                x_stride: cols as u32,
+                y_stride: rows as u32,
+                flags: F_MIXED | F_BIAS | F_ACCUM,
+                bias_off: 0,
+                t_stride: t_stride as u32,
+                nseg: segs.len() as u32,
+                c8n: w.c8n,
+                desc_off: desc_off as u32,
+                ad_off: ad_off as u32,
+                ad_stride: ad_stride as u32,
+                seg,
+                ..Default::default()
+            };
+            let io = LinearIo {
+                x: &x,
+                aux: &aux,
+                lt: &lt,
+                lb: &pool,
+                y: &y0,
+            };
+            let ctx = format!("mixed {fmt:?} tn={tn} rows={rows} cols={cols} n={n}");
+            let got = run_linear_rows(ops, tn, &p, &w, &io, &rowinfo, &ctx);
+            for a in (0..slots as u32).chain([NO_ADAPTER]) {
+                // the one-sequence path: this adapter's terms in P and aux
+                let mut single = LinearParams {
+                    flags: F_BIAS | F_ACCUM,
+                    desc_off: 0,
+                    ad_off: 0,
+                    ad_stride: 0,
+                    ..p
+                };
+                if a != NO_ADAPTER {
+                    let d = &descs[a as usize];
+                    single.flags |= d[0];
+                    single.scale_off = rows as u32 + d[1];
+                    single.dora_off = rows as u32 + d[2];
+                    single.post_off = rows as u32 + d[3];
+                    single.in_off = rows as u32 + d[4];
+                    for s in 0..segs.len() {
+                        single.seg[s].t_off = d[8 + 4 * s];
+                        single.seg[s].r = d[8 + 4 * s + 1];
+                        single.seg[s].b_off = d[8 + 4 * s + 2];
+                    }
+                }
+                let want = run_linear(ops, tn, &single, &w, &io, &format!("{ctx} slot {a}"));
+                for (t, &ta) in slot_of.iter().enumerate() {
+                    if ta != a {
+                        continue;
+                    }
+                    let (g, wv) = (
+                        &got[t * rows..(t + 1) * rows],
+                        &want[t * rows..(t + 1) * rows],
+                    );
+                    assert!(
+                        g.iter().zip(wv).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{ctx}: token {t} (slot {a}, flags {:#b}) differs from alone",
+                        if a == NO_ADAPTER {
+                            0
+                        } else {
+                            descs[a as usize][0]
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The shrink of a batched pass (F_GATHER): each token's t row is x·Aᵀ over its own slot's
+/// rows of the stacked A, bit for bit the one-sequence shrink over that slot alone; tokens
+/// without an adapter leave their row untouched.
+#[test]
+fn linear_gather_shrink_reads_each_tokens_slot() {
+    let Some(gpu) = gpu() else { return };
+    let ops = ops(&gpu);
+    let mut rng = Rng::new(22);
+    for &(cols, r_g, slots, n) in &[
+        (37usize, 6usize, 3usize, 7usize),
+        (64, 8, 2, 4),
+        (9, 3, 4, 11),
+    ] {
+        let a_all = rng.vec(slots * r_g * cols);
+        let (w, _) = pack(Fmt::F32, slots * r_g, cols, &a_all);
+        let x = rng.vec(n * cols);
+        let y0 = rng.vec(n * r_g);
+        let slot_of: Vec<u32> = (0..n)
+            .map(|t| {
+                if t % 4 == 3 {
+                    NO_ADAPTER
+                } else {
+                    rng.below(slots as u32)
+                }
+            })
+            .collect();
+        let mut rowinfo = vec![0u32; n * ROW_WORDS];
+        for (t, &a) in slot_of.iter().enumerate() {
+            rowinfo[t * ROW_WORDS + 4] = a;
+        }
+        let p = LinearParams {
+            wd: w.desc,
+            n: n as u32,
+            x_stride: cols as u32,
+            y_stride: r_g as u32,
+            flags: F_GATHER,
+            c8n: w.c8n,
+            ad_off: 4,
+            ad_stride: ROW_WORDS as u32,
+            gather_rows: r_g as u32,
+            ..Default::default()
+        };
+        let io = LinearIo {
+            x: &x,
+            aux: &[0.0; 4],
+            lt: &[0.0; 4],
+            lb: &[0.0; 4],
+            y: &y0,
+        };
+        let ctx = format!("gather shrink cols={cols} r={r_g} slots={slots} n={n}");
+        let got = run_linear_rows(ops, TN_DECODE, &p, &w, &io, &rowinfo, &ctx);
+        for a in 0..slots {
+            let (wa, _) = pack(
+                Fmt::F32,
+                r_g,
+                cols,
+                &a_all[a * r_g * cols..(a + 1) * r_g * cols],
+            );
+            let single = LinearParams {
+                wd: wa.desc,
+                flags: 0,
+                ad_off: 0,
+                ad_stride: 0,
+                gather_rows: 0,
+                c8n: wa.c8n,
+                ..p
+            };
+            let want = run_linear(ops, TN_DECODE, &single, &wa, &io, &ctx);
+            for (t, &ta) in slot_of.iter().enumerate() {
+                let row = t * r_g..(t + 1) * r_g;
+                if ta == NO_ADAPTER {
+                    assert!(
+                        got[row.clone()] == y0[row],
+                        "{ctx}: token {t} without adapter written"
+                    );
+                } else if ta as usize == a {
+                    assert!(
+                        got[row.clone()]
+                            .iter()
+                            .zip(&want[row])
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{ctx}: token {t} (slot {a}) differs from the slot alone"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The gather of each sequence's last row: rows picked by index, copied exactly.
+#[test]
+fn gather_rows_by_index() {
+    let Some(gpu) = gpu() else { return };
+    let ops = ops(&gpu);
+    let mut rng = Rng::new(23);
+    for &(rows_in, width, out) in &[
+        (5usize, 7usize, 3usize),
+        (40, 300, 9),
+        (1, 1, 1),
+        (64, 576, 64),
+    ] {
+        let src = rng.vec(rows_in * width);
+        let dst0 = rng.vec((out + 1) * width);
+        let (idx_off, idx_stride) = (3usize, 2usize);
+        let mut idx = vec![0u32; idx_off + out * idx_stride];
+        let picks: Vec<usize> = (0..out)
+            .map(|_| rng.below(rows_in as u32) as usize)
+            .collect();
+        for (i, &r) in picks.iter().enumerate() {
+            idx[idx_off + i * idx_stride] = r as u32;
+        }
+        let p = GatherParams {
+            rows: out as u32,
+            width: width as u32,
+            idx_off: idx_off as u32,
+            idx_stride: idx_stride as u32,
+        };
+        let ctx = format!("gather rows_in={rows_in} width={width} out={out}");
+        let res = run(
+            ops,
+            Kernel::Gather,
+            bytes_of(&p),
+            &[Input::U32(&idx), Input::F32(&src), Input::F32(&dst0)],
+            (
+                (width as u32).div_ceil(Kernel::Gather.workgroup_x()),
+                out as u32,
+                1,
+            ),
+            &[3],
+            &ctx,
+        );
+        let got = floats(&res[0], dst0.len());
+        let mut want = Vec::new();
+        for &r in &picks {
+            want.extend_from_slice(&src[r * width..(r + 1) * width]);
+        }
+        want.extend_from_slice(&dst0[out * width..]);
         assert!(got == want, "{ctx}: differs");
     }
 }

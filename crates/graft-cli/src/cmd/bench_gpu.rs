@@ -139,6 +139,7 @@ fn bandwidth(gpu: &Gpu) -> CliResult<Bandwidth> {
                 Input::F32(&[0.0; 4]),
                 Input::F32(&[0.0; 4]),
                 Input::F32(&y),
+                Input::U32(&[0; 4]),
             ],
             (packed.desc.rows.div_ceil(8), 1, 1),
             20,
