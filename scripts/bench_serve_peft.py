@@ -36,6 +36,11 @@ other processes used during the timed runs (/proc/stat minus this process): with
 previous one (x B ratio), it would take the whole run past --budget seconds, and so is a case when the
 previous case of its batch size took longer than what is left of --budget.
 
+With --synthetic (for the lent GPU host, which has no model files and other package versions:
+scripts/gpu_serve_bench.sh): a random-weight Qwen2.5-0.5B of the same config and 32 random LoRA
+adapters of the same shape (r=16, alpha 32, 7 targets, init_lora_weights=False), token ids
+1000.. as the prompt; --device cuda --dtype bfloat16 there; versions are recorded, not asserted.
+
 Prints a markdown table and then one JSON line with everything.
 """
 
@@ -103,9 +108,15 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run (default 600)")
+    ap.add_argument("--synthetic", action="store_true", help="random weights of the same shapes (no files)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
     t_start = time.perf_counter()
-    versions = check_versions()
+    if args.synthetic:
+        versions = {name: md.version(name) for name in ("torch", "transformers", "peft")}
+    else:
+        versions = check_versions()
 
     import torch
     import transformers
@@ -115,47 +126,84 @@ def main():
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    gguf = ROOT / "models" / GGUF
-    if not gguf.exists():
-        sys.exit(f"{gguf} is missing: scripts/fetch_models.sh qwen2.5-coder-0.5b")
     names = [f"a{i:02d}" for i in range(32)]
-    missing = [n for n in names if not (MANY / n / "adapter" / "adapter_model.safetensors").exists()]
-    if missing:
-        sys.exit(f"{MANY}/{missing[0]}/adapter is missing: scripts/make_bench_lora.py --count 32")
+    dtype = getattr(torch, args.dtype)
+    if args.synthetic:
+        from peft import LoraConfig, get_peft_model
+        from transformers import Qwen2Config
+        t0 = time.perf_counter()
+        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                          rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(args.device)
+        t_base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lcfg = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type="CAUSAL_LM",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                          "down_proj"])
+        model = get_peft_model(base, lcfg, adapter_name=names[0])
+        for n in names[1:]:
+            model.add_adapter(n, lcfg)
+        model.to(args.device)
+        model.eval()
+        t_adapters = time.perf_counter() - t0
+        ids = list(range(1000, 1000 + args.prompt_tokens))
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
-    if len(ids) < args.prompt_tokens:
-        sys.exit(f"the prompt has only {len(ids)} tokens")
-    ids = ids[:args.prompt_tokens]
-    t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                attn_implementation="eager")
-    # the GGUF loader leaves quantization bookkeeping behind; the weights are plain float32 nn.Linear
-    if getattr(base.config, "quantization_config", None) is not None:
-        del base.config.quantization_config
-    if getattr(base, "hf_quantizer", None) is not None:
-        base.hf_quantizer = None
-    t_base = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = PeftModel.from_pretrained(base, str(MANY / names[0] / "adapter"), adapter_name=names[0])
-    for n in names[1:]:
-        model.load_adapter(str(MANY / n / "adapter"), adapter_name=n)
-    model.eval()
-    t_adapters = time.perf_counter() - t0
-    for p in model.parameters():
-        assert p.dtype == torch.float32, p.dtype
+        class _Tok:
+            pad_token_id = 0
+            eos_token_id = 0
+
+            @staticmethod
+            def decode(t):
+                return " ".join(str(int(x)) for x in t[:8])
+        tok = _Tok()
+    else:
+        gguf = ROOT / "models" / GGUF
+        if not gguf.exists():
+            sys.exit(f"{gguf} is missing: scripts/fetch_models.sh qwen2.5-coder-0.5b")
+        missing = [n for n in names if not (MANY / n / "adapter" / "adapter_model.safetensors").exists()]
+        if missing:
+            sys.exit(f"{MANY}/{missing[0]}/adapter is missing: scripts/make_bench_lora.py --count 32")
+
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+        if len(ids) < args.prompt_tokens:
+            sys.exit(f"the prompt has only {len(ids)} tokens")
+        ids = ids[:args.prompt_tokens]
+        t0 = time.perf_counter()
+        base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                    attn_implementation="eager")
+        # the GGUF loader leaves quantization bookkeeping behind; the weights are plain float32 nn.Linear
+        if getattr(base.config, "quantization_config", None) is not None:
+            del base.config.quantization_config
+        if getattr(base, "hf_quantizer", None) is not None:
+            base.hf_quantizer = None
+        t_base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model = PeftModel.from_pretrained(base, str(MANY / names[0] / "adapter"), adapter_name=names[0])
+        for n in names[1:]:
+            model.load_adapter(str(MANY / n / "adapter"), adapter_name=n)
+        model.eval()
+        t_adapters = time.perf_counter() - t0
+        for p in model.parameters():
+            assert p.dtype == torch.float32, p.dtype
     print(f"loaded the base in {t_base:.1f} s and {len(names)} adapters in {t_adapters:.1f} s; "
-          f"prompt {len(ids)} tokens, {args.new_tokens} new, {args.threads} threads", flush=True)
+          f"prompt {len(ids)} tokens, {args.new_tokens} new, {args.threads} threads, {args.device} {args.dtype}",
+          flush=True)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def generate(batch, adapter_names, new):
-        x = torch.tensor([ids] * batch, dtype=torch.long)
+        x = torch.tensor([ids] * batch, dtype=torch.long, device=args.device)
         with torch.inference_mode():
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             t = time.perf_counter()
             out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), adapter_names=adapter_names,
                                  do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=pad)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             secs = time.perf_counter() - t
         assert out.shape == (batch, len(ids) + new), out.shape
         return secs, out[:, len(ids):]
@@ -222,7 +270,8 @@ def main():
     machine = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                    platform.processor())
     print()
-    print(f"transformers + PEFT, Qwen2.5-Coder-0.5B f32 (from {GGUF}), 32 LoRA r=16 adapters resident; "
+    what = "a random-weight Qwen2.5-0.5B" if args.synthetic else f"Qwen2.5-Coder-0.5B f32 (from {GGUF})"
+    print(f"transformers + PEFT, {what}, {args.device} {args.dtype}, 32 LoRA r=16 adapters resident; "
           f"{machine}, {os.cpu_count()} cores, {args.threads} threads; prompt {len(ids)} tokens, "
           f"{args.new_tokens} new greedy, best of {args.runs}")
     print()
@@ -231,7 +280,8 @@ def main():
     for row in rows:
         print(row)
     print(f"\npeak RSS {peak:.0f} MiB; total {time.perf_counter() - t_start:.0f} s")
-    print(json.dumps({"engine": "transformers+peft", "model": GGUF, "dtype": "float32", "adapters_loaded": len(names),
+    print(json.dumps({"engine": "transformers+peft", "model": "synthetic" if args.synthetic else GGUF,
+                      "device": args.device, "dtype": args.dtype, "adapters_loaded": len(names),
                       "lora": {"r": 16, "alpha": 32, "targets": 7}, "machine": machine, "cores": os.cpu_count(),
                       "threads": args.threads, "prompt_tokens": len(ids), "new_tokens": args.new_tokens,
                       "runs": args.runs, "versions": versions, "load_seconds": {"base": t_base, "adapters": t_adapters},

@@ -82,7 +82,7 @@ impl Server {
         model: Model,
         tokenizer: Tokenizer,
         eos: Vec<u32>,
-        cfg: ServeConfig,
+        mut cfg: ServeConfig,
         loader: Arc<dyn Loader>,
         adapters: Vec<(String, String, Adapter)>,
     ) -> std::result::Result<Server, String> {
@@ -114,14 +114,16 @@ impl Server {
                         max_rank: cfg.max_lora_rank,
                     })
                     .map_err(|e| format!("batched passes on the GPU: {e}"))?;
-                    if cfg.prefill_chunk + cfg.max_batch > g.batch_rows() {
+                    // a step is a prefill chunk and a decode row per sequence: the chunk shrinks
+                    // to fit one GPU pass (the numbers do not depend on the chunking)
+                    if cfg.max_batch >= g.batch_rows() {
                         return Err(format!(
-                            "a step of the prefill chunk ({}) and a decode token of every sequence ({}) is more rows than one GPU pass takes ({})",
-                            cfg.prefill_chunk,
+                            "max-batch {} leaves no room for a prompt chunk in one GPU pass ({} rows)",
                             cfg.max_batch,
                             g.batch_rows()
                         ));
                     }
+                    cfg.prefill_chunk = cfg.prefill_chunk.min(g.batch_rows() - cfg.max_batch);
                     g.batch_layout()
                         .ok_or_else(|| "batched passes are not enabled".to_string())
                 })

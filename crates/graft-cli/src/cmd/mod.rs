@@ -9,4 +9,5 @@ pub mod inspect;
 pub mod logits;
 pub mod model;
 pub mod serve;
+pub mod synthetic;
 pub mod train;

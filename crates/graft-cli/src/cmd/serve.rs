@@ -77,6 +77,13 @@ pub struct ServeCmd {
     /// Seconds running requests may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Benchmarks only: serve a model of Qwen2.5-Coder-0.5B Q4_K_M's shape with random weights
+    /// and a word-level tokenizer (no --model), for hosts the real file cannot reach.
+    #[arg(long, hide = true)]
+    pub synthetic: bool,
+    /// Benchmarks only, with --synthetic: that many random r=16 LoRA adapters, s00, s01, …
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub synthetic_adapters: usize,
 }
 
 /// Builds adapters for the server: a folder or a Hub repo id, as --adapter reads them.
@@ -123,8 +130,29 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
         device: "cpu".into(),
         max_context: None,
     };
+    let mut extra = Vec::new();
+    let synthetic_dir = if c.synthetic {
+        let d = std::env::temp_dir().join(format!("graft-synthetic-{}", std::process::id()));
+        std::fs::create_dir_all(&d)?;
+        let p = d.join("qwen2.5-0.5b-shape.gguf");
+        std::fs::write(&p, super::synthetic::qwen05b())?;
+        args.model = Some(p.display().to_string());
+        for (n, p) in super::synthetic::qwen05b_adapters(&d, c.synthetic_adapters)? {
+            extra.push(format!("{n}={}", p.display()));
+        }
+        eprintln!(
+            "graft serve: a synthetic Qwen2.5-Coder-0.5B-shaped model (random weights) and {} random adapters",
+            c.synthetic_adapters
+        );
+        Some(d)
+    } else {
+        None
+    };
     let (mut model, base_dir) = open(&args)?;
-    let tokenizer = tokenizer_for(&model, &base_dir)?;
+    let tokenizer = match &synthetic_dir {
+        Some(_) => super::synthetic::tokenizer(model.vocab_size)?,
+        None => tokenizer_for(&model, &base_dir)?,
+    };
     let mut eos = model.eos_token_ids();
     if let Some(e) = tokenizer.eos_id {
         if !eos.contains(&e) {
@@ -148,7 +176,7 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         model.delete_adapter(&names)?;
     }
-    for spec in &c.adapters {
+    for spec in c.adapters.iter().chain(&extra) {
         let (name, source) = parse_adapter_arg(spec);
         let a = loader
             .load(&model, &name, &source)
@@ -196,7 +224,7 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind((c.host.as_str(), c.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", c.host, c.port))?;
@@ -210,7 +238,11 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
         server.run(listener, shutdown_signal()).await?;
         eprintln!("graft serve: stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
-    })
+    });
+    if let Some(d) = synthetic_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    served
 }
 
 /// Ctrl-C, or SIGTERM (what Docker and Kubernetes send).
