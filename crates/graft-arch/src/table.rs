@@ -70,8 +70,28 @@ pub fn for_each_tile(
     Ok(())
 }
 
-/// x·Wᵀ for a quantized W, a tile of rows at a time through candle's GEMM.
+/// x·Wᵀ for a quantized W, a tile of rows at a time: dequantized (in parallel) and multiplied
+/// by graft-quant's GEMM (each output one in-order FMA chain, so a row's numbers do not depend
+/// on the other rows), or by candle's where that has no SIMD path.
 fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_adapters::Result<Tensor> {
+    if graft_quant::gemm::available() {
+        use rayon::prelude::*;
+        let (n, k) = x.dims2()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; n * q.rows];
+        let mut w = vec![0f32; TILE_ROWS.min(q.rows) * k];
+        let mut r = 0;
+        while r < q.rows {
+            let rows = TILE_ROWS.min(q.rows - r);
+            w[..rows * k]
+                .par_chunks_mut(k.max(1))
+                .enumerate()
+                .for_each(|(i, row)| q.dequantize_row(r + i, row));
+            graft_quant::gemm::gemm_nt(&xs, n, k, &w[..rows * k], rows, &mut y[r..], q.rows);
+            r += rows;
+        }
+        return Ok(Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?);
+    }
     let mut parts = Vec::with_capacity(q.rows.div_ceil(TILE_ROWS));
     for_each_tile(q, |_, w| {
         parts.push(x.matmul(&w.t()?)?);

@@ -654,11 +654,7 @@ fn rows_avx2(
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
+    *HAS.get_or_init(|| crate::cpu::isa() >= crate::cpu::Isa::Avx2)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@
 )]
 
 mod blocks;
+pub mod cpu;
+pub mod gemm;
 mod kernels;
 #[cfg(test)]
 mod kquant_tests;
