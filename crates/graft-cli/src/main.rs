@@ -125,6 +125,16 @@ enum Command {
     /// Closed-loop clients against an OpenAI-compatible server (graft serve, or llama-server
     /// with --api llama): output tokens/s, time to first token and inter-token latency.
     BenchServe(Box<bench_serve::BenchServeCmd>),
+    /// The CPU's f32 GEMM (what prefill runs) against candle's on prefill shapes, next to this
+    /// CPU's measured FMA peak (GRAFT_MAX_ISA=avx2 measures the AVX2 kernel).
+    BenchGemm {
+        /// Timed runs per shape (best kept).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Downloads files of a Hub repository into the cache shared with huggingface_hub (as
     /// `huggingface-cli download`); prints the local path of each file, or of the snapshot
     /// folder when no FILES are named. Every file is verified against the Hub's hash.
@@ -150,7 +160,7 @@ mod cmd;
 mod hints;
 
 use cmd::model::{HubArgs, ModelArgs};
-use cmd::{bench, bench_serve, download, generate, inspect, logits, serve, train};
+use cmd::{bench, bench_gemm, bench_serve, download, generate, inspect, logits, serve, train};
 
 fn main() -> ExitCode {
     // Mesa's device-select Vulkan layer tries to reach a Wayland display to rank GPUs and prints
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
             hub,
         } => download::download(repo, files, repo_type, *quiet, hub),
         Command::Serve(s) => serve::serve(s),
+        Command::BenchGemm { runs, json } => bench_gemm::bench_gemm(*runs, json.as_deref()),
         Command::BenchServe(b) => bench_serve::bench_serve(b),
         Command::Train(t) => train::train(t),
         Command::BenchTrain(t) => train::bench_train(t),

@@ -116,6 +116,62 @@ pub fn gemm_nt(
     true
 }
 
+/// The FMA throughput of one core with the instructions [`gemm_nt`] uses (12 independent
+/// chains of vector FMAs, `iters` steps each), in GFLOP/s: the peak the GEMM is measured
+/// against. 0 where there is no SIMD path.
+#[allow(unsafe_code)]
+pub fn fma_peak_gflops(iters: usize) -> f64 {
+    let t = std::time::Instant::now();
+    let lanes = match isa() {
+        // SAFETY: the features were detected at run time
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { peak_avx512(iters) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { peak_avx2(iters) },
+        _ => return 0.0,
+    };
+    (iters * 12 * lanes * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn peak_avx512(iters: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(0.0); 12];
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let s: f32 = acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum();
+    std::hint::black_box(s);
+    16
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_avx2(iters: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(0.0); 12];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut o = [0f32; 8];
+    let mut s = 0.0;
+    for v in &acc {
+        _mm256_storeu_ps(o.as_mut_ptr(), *v);
+        s += o.iter().sum::<f32>();
+    }
+    std::hint::black_box(s);
+    8
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: the threads write disjoint columns (see gemm_nt)

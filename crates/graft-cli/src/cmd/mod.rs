@@ -1,6 +1,7 @@
 //! One module per command; [`model`] holds what the model-running commands share.
 
 pub mod bench;
+pub mod bench_gemm;
 pub mod bench_gpu;
 pub mod bench_serve;
 pub mod download;
