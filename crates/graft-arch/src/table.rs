@@ -74,10 +74,10 @@ pub fn for_each_tile(
 /// by graft-quant's GEMM (each output one in-order FMA chain, so a row's numbers do not depend
 /// on the other rows), or by candle's where that has no SIMD path.
 fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_adapters::Result<Tensor> {
-    if graft_quant::gemm::available() {
+    let (n, k) = x.dims2()?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(px) = graft_quant::gemm::PackedX::new(&xs, n, k) {
         use rayon::prelude::*;
-        let (n, k) = x.dims2()?;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut y = vec![0f32; n * q.rows];
         let mut w = vec![0f32; TILE_ROWS.min(q.rows) * k];
         let mut r = 0;
@@ -87,7 +87,7 @@ fn tiled_gemm(q: &QMatrix, x: &Tensor) -> graft_adapters::Result<Tensor> {
                 .par_chunks_mut(k.max(1))
                 .enumerate()
                 .for_each(|(i, row)| q.dequantize_row(r + i, row));
-            graft_quant::gemm::gemm_nt(&xs, n, k, &w[..rows * k], rows, &mut y[r..], q.rows);
+            px.times_wt(&w[..rows * k], rows, &mut y[r..], q.rows);
             r += rows;
         }
         return Ok(Tensor::from_vec(y, (n, q.rows), &Device::Cpu)?);

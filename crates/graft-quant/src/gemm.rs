@@ -36,84 +36,110 @@ pub fn gemm_nt(
     y: &mut [f32],
     ldy: usize,
 ) -> bool {
-    assert!(x.len() >= n * k && w.len() >= m * k && ldy >= m);
-    assert!(n == 0 || y.len() >= (n - 1) * ldy + m);
-    let (mr, nr) = match isa() {
-        Isa::Avx512 => (12, 32),
-        Isa::Avx2 => (6, 16),
-        Isa::Portable => return false,
-    };
-    if n == 0 || m == 0 {
-        return true;
-    }
-    if k == 0 {
-        for i in 0..n {
-            y[i * ldy..i * ldy + m].fill(0.0);
+    match PackedX::new(x, n, k) {
+        Some(px) => {
+            px.times_wt(w, m, y, ldy);
+            true
         }
-        return true;
+        None => false,
     }
-    // x in tiles of mr tokens: tile t holds x[t·mr + r][p] at [t][p][r] (zero rows past n)
-    let tiles = n.div_ceil(mr);
-    let mut xp = vec![0f32; tiles * k * mr];
-    for t in 0..tiles {
-        let dst = &mut xp[t * k * mr..(t + 1) * k * mr];
-        for r in 0..mr.min(n - t * mr) {
-            let row = &x[(t * mr + r) * k..(t * mr + r + 1) * k];
-            for (p, v) in row.iter().enumerate() {
-                dst[p * mr + r] = *v;
+}
+
+/// x packed for [`PackedX::times_wt`]: tiles of MR tokens, k-major (zero rows past n). Pack
+/// once and multiply by many weight tiles.
+pub struct PackedX {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+    mr: usize,
+    nr: usize,
+}
+
+impl PackedX {
+    /// None where [`available`] is false. Panics if `x` is shorter than n·k.
+    pub fn new(x: &[f32], n: usize, k: usize) -> Option<PackedX> {
+        assert!(x.len() >= n * k);
+        let (mr, nr) = match isa() {
+            Isa::Avx512 => (12, 32),
+            Isa::Avx2 => (6, 16),
+            Isa::Portable => return None,
+        };
+        let tiles = n.div_ceil(mr);
+        let mut data = vec![0f32; tiles * k * mr];
+        for t in 0..tiles {
+            let dst = &mut data[t * k * mr..(t + 1) * k * mr];
+            for r in 0..mr.min(n - t * mr) {
+                let row = &x[(t * mr + r) * k..(t * mr + r + 1) * k];
+                for (p, v) in row.iter().enumerate() {
+                    dst[p * mr + r] = *v;
+                }
             }
         }
+        Some(PackedX { data, n, k, mr, nr })
     }
-    let panels = m.div_ceil(nr);
-    let threads = rayon::current_num_threads().max(1).min(panels);
-    let per = panels.div_ceil(threads);
-    let yp = SendPtr(y.as_mut_ptr());
-    let ylen = y.len();
-    let xp = &xp;
-    rayon::scope(|s| {
-        for t in 0..threads {
-            let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-            if p0 >= p1 {
-                continue;
+
+    /// `y[i·ldy + j] = Σ_p x[i·k + p] · w[j·k + p]` for i < n, j < m (y's other columns are
+    /// left alone). Panics if a slice is shorter than its shape says.
+    pub fn times_wt(&self, w: &[f32], m: usize, y: &mut [f32], ldy: usize) {
+        let (n, k, mr, nr) = (self.n, self.k, self.mr, self.nr);
+        assert!(w.len() >= m * k && ldy >= m);
+        assert!(n == 0 || y.len() >= (n - 1) * ldy + m);
+        if n == 0 || m == 0 {
+            return;
+        }
+        if k == 0 {
+            for i in 0..n {
+                y[i * ldy..i * ldy + m].fill(0.0);
             }
-            s.spawn(move |_| {
-                // SAFETY: each thread writes only the columns of its own panels
-                let y = unsafe_slice(yp, ylen);
-                let mut wp = vec![0f32; KC * nr];
-                for kc0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - kc0);
-                    for panel in p0..p1 {
-                        let j0 = panel * nr;
-                        let cols = nr.min(m - j0);
-                        // W rows j0.. as [p][c] for the block's features (zero columns past m)
-                        wp[..kc * nr].fill(0.0);
-                        for c in 0..cols {
-                            let row = &w[(j0 + c) * k + kc0..(j0 + c) * k + kc0 + kc];
-                            for (p, v) in row.iter().enumerate() {
-                                wp[p * nr + c] = *v;
+            return;
+        }
+        let tiles = n.div_ceil(mr);
+        let xp = &self.data;
+        let panels = m.div_ceil(nr);
+        let threads = rayon::current_num_threads().max(1).min(panels);
+        let per = panels.div_ceil(threads);
+        let yp = SendPtr(y.as_mut_ptr());
+        let ylen = y.len();
+        rayon::scope(|s| {
+            for t in 0..threads {
+                let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+                if p0 >= p1 {
+                    continue;
+                }
+                s.spawn(move |_| {
+                    // SAFETY: each thread writes only the columns of its own panels
+                    let y = unsafe_slice(yp, ylen);
+                    let kcb = KC;
+                    let mut wp = vec![0f32; kcb * nr];
+                    for kc0 in (0..k).step_by(kcb) {
+                        let kc = kcb.min(k - kc0);
+                        for panel in p0..p1 {
+                            let j0 = panel * nr;
+                            let cols = nr.min(m - j0);
+                            // W rows j0.. as [p][c] for the block's features (zero columns past m)
+                            pack_w(w, k, j0, cols, kc0, kc, nr, &mut wp[..kc * nr]);
+                            for tile in 0..tiles {
+                                let i0 = tile * mr;
+                                let rows = mr.min(n - i0);
+                                let xt =
+                                    &xp[tile * k * mr + kc0 * mr..tile * k * mr + (kc0 + kc) * mr];
+                                micro(
+                                    xt,
+                                    &wp[..kc * nr],
+                                    kc,
+                                    &mut y[i0 * ldy + j0..],
+                                    ldy,
+                                    rows,
+                                    cols,
+                                    kc0 == 0,
+                                );
                             }
                         }
-                        for tile in 0..tiles {
-                            let i0 = tile * mr;
-                            let rows = mr.min(n - i0);
-                            let xt = &xp[tile * k * mr + kc0 * mr..tile * k * mr + (kc0 + kc) * mr];
-                            micro(
-                                xt,
-                                &wp[..kc * nr],
-                                kc,
-                                &mut y[i0 * ldy + j0..],
-                                ldy,
-                                rows,
-                                cols,
-                                kc0 == 0,
-                            );
-                        }
                     }
-                }
-            });
-        }
-    });
-    true
+                });
+            }
+        });
+    }
 }
 
 /// The FMA throughput of one core with the instructions [`gemm_nt`] uses (12 independent
@@ -170,6 +196,91 @@ unsafe fn peak_avx2(iters: usize) -> usize {
     }
     std::hint::black_box(s);
     8
+}
+
+/// W's rows j0 .. j0 + cols, features kc0 .. kc0 + kc, as [p][c] with nr columns (zero past
+/// `cols`). A transpose: gathers of a column of 16 (8) rows at a time, where the kernels are.
+#[allow(clippy::too_many_arguments, unsafe_code)]
+fn pack_w(
+    w: &[f32],
+    k: usize,
+    j0: usize,
+    cols: usize,
+    kc0: usize,
+    kc: usize,
+    nr: usize,
+    wp: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if cols == nr && (j0 + nr) * k <= w.len() && k * nr < i32::MAX as usize {
+        match isa() {
+            // SAFETY: features detected at run time; every gathered index is below
+            // (j0 + nr)·k ≤ w.len() (checked above), every store within kc·nr
+            Isa::Avx512 => return unsafe { pack_w_avx512(w, k, j0, kc0, kc, wp) },
+            Isa::Avx2 => return unsafe { pack_w_avx2(w, k, j0, kc0, kc, wp) },
+            Isa::Portable => {}
+        }
+    }
+    wp.fill(0.0);
+    for c in 0..cols {
+        let row = &w[(j0 + c) * k + kc0..(j0 + c) * k + kc0 + kc];
+        for (p, v) in row.iter().enumerate() {
+            wp[p * nr + c] = *v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_w_avx512(w: &[f32], k: usize, j0: usize, kc0: usize, kc: usize, wp: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let ki = k as i32;
+    let idx = _mm512_setr_epi32(
+        0,
+        ki,
+        2 * ki,
+        3 * ki,
+        4 * ki,
+        5 * ki,
+        6 * ki,
+        7 * ki,
+        8 * ki,
+        9 * ki,
+        10 * ki,
+        11 * ki,
+        12 * ki,
+        13 * ki,
+        14 * ki,
+        15 * ki,
+    );
+    debug_assert!(wp.len() >= kc * 32);
+    let base0 = w.as_ptr().add(j0 * k + kc0);
+    let base1 = w.as_ptr().add((j0 + 16) * k + kc0);
+    for p in 0..kc {
+        let a = _mm512_i32gather_ps::<4>(idx, base0.add(p) as *const f32);
+        let b = _mm512_i32gather_ps::<4>(idx, base1.add(p) as *const f32);
+        _mm512_storeu_ps(wp.as_mut_ptr().add(p * 32), a);
+        _mm512_storeu_ps(wp.as_mut_ptr().add(p * 32 + 16), b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_w_avx2(w: &[f32], k: usize, j0: usize, kc0: usize, kc: usize, wp: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let ki = k as i32;
+    let idx = _mm256_setr_epi32(0, ki, 2 * ki, 3 * ki, 4 * ki, 5 * ki, 6 * ki, 7 * ki);
+    debug_assert!(wp.len() >= kc * 16);
+    let base0 = w.as_ptr().add(j0 * k + kc0);
+    let base1 = w.as_ptr().add((j0 + 8) * k + kc0);
+    for p in 0..kc {
+        let a = _mm256_i32gather_ps::<4>(base0.add(p), idx);
+        let b = _mm256_i32gather_ps::<4>(base1.add(p), idx);
+        _mm256_storeu_ps(wp.as_mut_ptr().add(p * 16), a);
+        _mm256_storeu_ps(wp.as_mut_ptr().add(p * 16 + 8), b);
+    }
 }
 
 #[derive(Clone, Copy)]
