@@ -258,8 +258,8 @@ unsafe fn pack_w_avx512(w: &[f32], k: usize, j0: usize, kc0: usize, kc: usize, w
     let base0 = w.as_ptr().add(j0 * k + kc0);
     let base1 = w.as_ptr().add((j0 + 16) * k + kc0);
     for p in 0..kc {
-        let a = _mm512_i32gather_ps::<4>(idx, base0.add(p) as *const f32);
-        let b = _mm512_i32gather_ps::<4>(idx, base1.add(p) as *const f32);
+        let a = _mm512_i32gather_ps::<4>(idx, base0.add(p));
+        let b = _mm512_i32gather_ps::<4>(idx, base1.add(p));
         _mm512_storeu_ps(wp.as_mut_ptr().add(p * 32), a);
         _mm512_storeu_ps(wp.as_mut_ptr().add(p * 32 + 16), b);
     }
