@@ -127,39 +127,21 @@ impl LayerCache {
         let offset = total - n;
         let head = |h: usize| -> Vec<f32> {
             let kvh = h / rep.max(1);
-            let kb = &self.k[kvh * self.cap * d..];
-            let vb = &self.v[kvh * self.cap * d..];
-            let mut out = vec![0f32; n * d];
-            let mut scores = vec![0f32; total];
-            for i in 0..n {
-                let qpos = offset + i;
-                let start = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
-                let qi = &q[i * heads * d + h * d..i * heads * d + (h + 1) * d];
-                let mut max = f32::NEG_INFINITY;
-                for j in start..=qpos {
-                    let kj = &kb[j * d..(j + 1) * d];
-                    let mut s = dot(qi, kj) * scale;
-                    if let Some(c) = softcap {
-                        s = (s / c).tanh() * c;
-                    }
-                    scores[j] = s;
-                    max = max.max(s);
-                }
-                let mut sum = 0f32;
-                for s in &mut scores[start..=qpos] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut out[i * d..(i + 1) * d];
-                for j in start..=qpos {
-                    let p = scores[j] / sum;
-                    let vj = &vb[j * d..(j + 1) * d];
-                    for (a, b) in o.iter_mut().zip(vj) {
-                        *a += p * b;
-                    }
-                }
-            }
-            out
+            let a = HeadArgs {
+                q,
+                kb: &self.k[kvh * self.cap * d..],
+                vb: &self.v[kvh * self.cap * d..],
+                n,
+                heads,
+                h,
+                d,
+                offset,
+                total,
+                scale,
+                window,
+                softcap,
+            };
+            head_dispatch(&a)
         };
         let per_head: Vec<Vec<f32>> = if n * total > 4096 {
             (0..heads).into_par_iter().map(head).collect()
@@ -177,7 +159,92 @@ impl LayerCache {
     }
 }
 
-#[inline]
+/// One query head's inputs (see [`LayerCache::attend_capped`]).
+struct HeadArgs<'a> {
+    q: &'a [f32],
+    kb: &'a [f32],
+    vb: &'a [f32],
+    n: usize,
+    heads: usize,
+    h: usize,
+    d: usize,
+    offset: usize,
+    total: usize,
+    scale: f32,
+    window: Option<usize>,
+    softcap: Option<f32>,
+}
+
+/// The head's attention, compiled for AVX2 where the CPU has it (and graft-quant's
+/// `GRAFT_MAX_ISA` allows it): the same operations in the same order, in wider registers
+/// (Rust never fuses a multiply and an add on its own), so the numbers are the same.
+#[allow(unsafe_code)]
+fn head_dispatch(a: &HeadArgs) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if graft_quant::cpu::isa() >= graft_quant::cpu::Isa::Avx2 {
+        // SAFETY: AVX2 was detected at run time
+        return unsafe { head_avx2(a) };
+    }
+    head_attention(a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2")]
+unsafe fn head_avx2(a: &HeadArgs) -> Vec<f32> {
+    head_attention(a)
+}
+
+#[inline(always)]
+fn head_attention(a: &HeadArgs) -> Vec<f32> {
+    let HeadArgs {
+        q,
+        kb,
+        vb,
+        n,
+        heads,
+        h,
+        d,
+        offset,
+        total,
+        scale,
+        window,
+        softcap,
+    } = *a;
+    let mut out = vec![0f32; n * d];
+    let mut scores = vec![0f32; total];
+    for i in 0..n {
+        let qpos = offset + i;
+        let start = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+        let qi = &q[i * heads * d + h * d..i * heads * d + (h + 1) * d];
+        let mut max = f32::NEG_INFINITY;
+        for j in start..=qpos {
+            let kj = &kb[j * d..(j + 1) * d];
+            let mut s = dot(qi, kj) * scale;
+            if let Some(c) = softcap {
+                s = (s / c).tanh() * c;
+            }
+            scores[j] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0f32;
+        for s in &mut scores[start..=qpos] {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let o = &mut out[i * d..(i + 1) * d];
+        for j in start..=qpos {
+            let p = scores[j] / sum;
+            let vj = &vb[j * d..(j + 1) * d];
+            for (a, b) in o.iter_mut().zip(vj) {
+                *a += p * b;
+            }
+        }
+    }
+    out
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -228,6 +295,45 @@ pub fn rope_in_place_scaled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 build of a head gives the portable build's numbers bit for bit (head_dim 64
+    /// and an odd one; a window; soft-capping).
+    #[test]
+    fn wide_registers_change_no_bit() {
+        let val = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
+        for &(d, n, total, window, softcap) in &[
+            (64usize, 9usize, 40usize, None, None),
+            (13, 5, 5, Some(3), None),
+            (64, 3, 70, None, Some(50.0f32)),
+        ] {
+            let heads = 2;
+            let q: Vec<f32> = (0..n * heads * d).map(val).collect();
+            let kb: Vec<f32> = (0..total * d).map(|i| val(i + 5)).collect();
+            let vb: Vec<f32> = (0..total * d).map(|i| val(i + 11)).collect();
+            let a = HeadArgs {
+                q: &q,
+                kb: &kb,
+                vb: &vb,
+                n,
+                heads,
+                h: 1,
+                d,
+                offset: total - n,
+                total,
+                scale: 0.125,
+                window,
+                softcap,
+            };
+            let want = head_attention(&a);
+            let got = head_dispatch(&a);
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "d={d} n={n} total={total}"
+            );
+        }
+    }
 
     /// Attention through the cache, one token at a time, equals attention over the whole
     /// sequence at once (the KV-cache invariant), with grouped-query heads.
