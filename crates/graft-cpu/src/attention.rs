@@ -180,12 +180,85 @@ struct HeadArgs<'a> {
 /// (Rust never fuses a multiply and an add on its own), so the numbers are the same.
 #[allow(unsafe_code)]
 fn head_dispatch(a: &HeadArgs) -> Vec<f32> {
+    if a.n >= GEMM_MIN_QUERIES {
+        if let Some(out) = head_gemm(a) {
+            return out;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if graft_quant::cpu::isa() >= graft_quant::cpu::Isa::Avx2 {
         // SAFETY: AVX2 was detected at run time
         return unsafe { head_avx2(a) };
     }
     head_attention(a)
+}
+
+/// From this many queries (prefill) a head runs as two GEMMs: scores = Q·Kᵀ over every cached
+/// position, then (softmax, zero past the query's position) P·V.
+const GEMM_MIN_QUERIES: usize = 16;
+
+/// A head as two GEMMs (graft-quant's, where the CPU has a SIMD path; `None` otherwise). Each
+/// score is one in-order FMA chain over head_dim and each output one over the positions (the
+/// masked ones add exact zeros), so a query's numbers do not depend on how many queries or
+/// positions share the call.
+fn head_gemm(a: &HeadArgs) -> Option<Vec<f32>> {
+    use graft_quant::gemm::PackedX;
+    let HeadArgs {
+        q,
+        kb,
+        vb,
+        n,
+        heads,
+        h,
+        d,
+        offset,
+        total,
+        scale,
+        window,
+        softcap,
+    } = *a;
+    let mut qh = vec![0f32; n * d];
+    for i in 0..n {
+        qh[i * d..(i + 1) * d]
+            .copy_from_slice(&q[i * heads * d + h * d..i * heads * d + (h + 1) * d]);
+    }
+    let px = PackedX::new(&qh, n, d)?;
+    let mut s = vec![0f32; n * total];
+    px.times_wt(&kb[..total * d], total, &mut s, total);
+    for i in 0..n {
+        let qpos = offset + i;
+        let start = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+        let row = &mut s[i * total..(i + 1) * total];
+        let mut max = f32::NEG_INFINITY;
+        for v in &mut row[start..=qpos] {
+            let mut x = *v * scale;
+            if let Some(c) = softcap {
+                x = (x / c).tanh() * c;
+            }
+            *v = x;
+            max = max.max(x);
+        }
+        let mut sum = 0f32;
+        for v in &mut row[start..=qpos] {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in &mut row[start..=qpos] {
+            *v /= sum;
+        }
+        row[..start].fill(0.0);
+        row[qpos + 1..].fill(0.0);
+    }
+    let mut vt = vec![0f32; d * total];
+    for j in 0..total {
+        for c in 0..d {
+            vt[c * total + j] = vb[j * d + c];
+        }
+    }
+    let pp = PackedX::new(&s, n, total)?;
+    let mut out = vec![0f32; n * d];
+    pp.times_wt(&vt, d, &mut out, d);
+    Some(out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -325,12 +398,77 @@ mod tests {
                 softcap,
             };
             let want = head_attention(&a);
-            let got = head_dispatch(&a);
+            let got = if a.n >= GEMM_MIN_QUERIES {
+                head_gemm(&a).unwrap_or_else(|| head_attention(&a))
+            } else {
+                head_dispatch(&a)
+            };
             assert!(
                 want.iter()
                     .zip(&got)
                     .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "d={d} n={n} total={total}"
+            );
+        }
+    }
+
+    /// Prefill's head as two GEMMs: close to the per-query loop (another order of summation),
+    /// and each query's bits independent of how many queries share the call.
+    #[test]
+    fn gemm_heads_match_the_loop_and_do_not_depend_on_neighbours() {
+        let val = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
+        for &(d, n, total, window) in &[
+            (64usize, 20usize, 20usize, None),
+            (64, 17, 40, Some(9)),
+            (13, 33, 33, None),
+        ] {
+            let heads = 3;
+            let q: Vec<f32> = (0..n * heads * d).map(val).collect();
+            let kb: Vec<f32> = (0..total * d).map(|i| val(i + 5)).collect();
+            let vb: Vec<f32> = (0..total * d).map(|i| val(i + 11)).collect();
+            fn args<'a>(
+                q: &'a [f32],
+                kb: &'a [f32],
+                vb: &'a [f32],
+                n: usize,
+                (heads, d, total, window): (usize, usize, usize, Option<usize>),
+            ) -> HeadArgs<'a> {
+                HeadArgs {
+                    q,
+                    kb,
+                    vb,
+                    n,
+                    heads,
+                    h: 2,
+                    d,
+                    offset: total - n,
+                    total,
+                    scale: 0.125,
+                    window,
+                    softcap: None,
+                }
+            }
+            let shape = (heads, d, total, window);
+            let Some(got) = head_gemm(&args(&q, &kb, &vb, n, shape)) else {
+                return; // no SIMD GEMM here
+            };
+            let want = head_attention(&args(&q, &kb, &vb, n, shape));
+            for (x, y) in got.iter().zip(&want) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "d={d} n={n}: {x} vs {y}"
+                );
+            }
+            // the last 16 queries alone: the same bits for them
+            let tail = 16;
+            let qt = &q[(n - tail) * heads * d..];
+            let alone = head_gemm(&args(qt, &kb, &vb, tail, shape)).unwrap();
+            assert!(
+                alone
+                    .iter()
+                    .zip(&got[(n - tail) * d..])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "d={d} n={n}: a query's numbers depend on the others"
             );
         }
     }
