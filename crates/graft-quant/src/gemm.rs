@@ -148,14 +148,18 @@ impl PackedX {
 #[allow(unsafe_code)]
 pub fn fma_peak_gflops(iters: usize) -> f64 {
     let t = std::time::Instant::now();
-    let lanes = match isa() {
+    #[cfg(target_arch = "x86_64")]
+    let lanes: usize = match isa() {
         // SAFETY: the features were detected at run time
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { peak_avx512(iters) },
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { peak_avx2(iters) },
-        _ => return 0.0,
+        Isa::Portable => 0,
     };
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes: usize = 0;
+    if lanes == 0 {
+        return 0.0;
+    }
     (iters * 12 * lanes * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
