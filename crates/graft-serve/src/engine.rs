@@ -272,14 +272,14 @@ impl Loop {
                             Err(e) => {
                                 if let Some(job) = self.queue.pop_front() {
                                     self.waiting.fetch_sub(1, Ordering::SeqCst);
-                                    let _ = job.events.send(Event::Failed(format!(
-                                        "adapter `{}` cannot run on the GPU: {e}",
-                                        job.label
-                                    )));
                                     self.metrics
                                         .requests
                                         .with_label_values(&[&job.label, "error"])
                                         .inc();
+                                    let _ = job.events.send(Event::Failed(format!(
+                                        "adapter `{}` cannot run on the GPU: {e}",
+                                        job.label
+                                    )));
                                 }
                                 continue;
                             }
@@ -465,14 +465,14 @@ impl Loop {
                 let failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
                 for &i in &failed {
                     let s = &self.running[i];
-                    let _ = s
-                        .job
-                        .events
-                        .send(Event::Failed(format!("the forward pass failed: {e}")));
                     self.metrics
                         .requests
                         .with_label_values(&[&s.job.label, "error"])
                         .inc();
+                    let _ = s
+                        .job
+                        .events
+                        .send(Event::Failed(format!("the forward pass failed: {e}")));
                 }
                 self.remove_where(|i, _| failed.contains(&i));
                 return;
@@ -545,15 +545,17 @@ impl Loop {
                 }
             }
             if let Some(f) = finish {
+                // counted before the client hears the end, so a client that reads /metrics
+                // after its answer sees its request
+                self.metrics
+                    .requests
+                    .with_label_values(&[&s.job.label, f])
+                    .inc();
                 let _ = s.job.events.send(Event::Done {
                     finish_reason: f,
                     prompt_tokens: s.job.prompt.len(),
                     completion_tokens: s.produced.len(),
                 });
-                self.metrics
-                    .requests
-                    .with_label_values(&[&s.job.label, f])
-                    .inc();
                 done.push(*i);
             }
         }
