@@ -140,9 +140,12 @@ fn check(quantize: Option<QType>) {
         next = new_next;
     }
     let pipelines_after = m.with_gpu(|g, _, _| g.pipelines_compiled()).unwrap();
-    // the batched passes' own kernels (per pass shape) compile once, before the uploads or
-    // after; uploading adapters adds none: every batched kernel variant is among these
-    assert!(pipelines_after >= pipelines_before);
+    // passes of other shapes may add a kernel variant (a tiling the first pass did not use),
+    // never one per adapter
+    assert!(
+        pipelines_after <= pipelines_before + 2,
+        "{pipelines_after} vs {pipelines_before}"
+    );
     for (k, p) in plan.iter().enumerate() {
         match p.0 {
             Some(a) => {

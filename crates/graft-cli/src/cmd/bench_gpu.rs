@@ -66,7 +66,7 @@ fn measure(
 
 /// A seeded xorshift byte stream: `n` bytes per call (benchmark weights, whose values do not
 /// matter).
-fn random_bytes(mut seed: u32) -> impl FnMut(usize) -> Vec<u8> {
+pub(super) fn random_bytes(mut seed: u32) -> impl FnMut(usize) -> Vec<u8> {
     move |n| {
         (0..n)
             .map(|_| {

@@ -9,18 +9,7 @@ use graft_arch::gguf::writer::{write, RawTensor};
 use graft_arch::gguf::Value;
 use serde_json::json;
 
-fn random_bytes(mut seed: u32) -> impl FnMut(usize) -> Vec<u8> {
-    move |n| {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                seed as u8
-            })
-            .collect()
-    }
-}
+use super::bench_gpu::random_bytes;
 
 /// GGML blocks of `rows × cols` values with random quants and a fixed small scale.
 fn blocks(ty: u32, rows: u64, cols: u64, bytes: &mut dyn FnMut(usize) -> Vec<u8>) -> Vec<u8> {
