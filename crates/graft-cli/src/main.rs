@@ -94,6 +94,11 @@ enum Command {
         /// cannot reach. Ignores --model.
         #[arg(long)]
         synthetic: bool,
+        /// Also decode this many sequences at once (CPU; e.g. `1,4,8`): each has its own
+        /// prompt and cache, and each step is one batched pass (what `graft serve` runs).
+        /// Reports the total decode tokens/s of each batch size and its ratio to one sequence.
+        #[arg(long, value_delimiter = ',')]
+        batch: Vec<usize>,
     },
     /// The configuration of a model as graft understood it (every value, where it came from,
     /// the keys nothing reads), and the load report of an adapter: method, targeted modules,
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             json,
             f16_weights,
             synthetic,
+            batch,
         } => bench::bench(
             model,
             *prompt_tokens,
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             json.as_deref(),
             *f16_weights,
             *synthetic,
+            batch,
         ),
         Command::Inspect {
             adapter,

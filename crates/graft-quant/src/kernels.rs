@@ -481,17 +481,23 @@ pub(crate) fn rows_generic<const FMA: bool>(
     r0: usize,
     out: &mut [f32],
 ) {
-    rows_generic_as::<FMA>(m, x, xsum, n, r0, out, false)
+    rows_generic_as::<FMA>(m, x, xsum, &[], n, r0, out, false)
 }
 
 /// [`rows_generic`]; with `per_token`, every token takes the one-token path (the fused block
 /// dot), so each token's outputs are bit for bit what a one-token call gives, whatever `n` is:
 /// what a server batching several sequences' decode steps needs to give each the numbers it
 /// gets alone.
+///
+/// `acts`, when not empty, holds each token's activations rounded to 8 bits (the opt-in path
+/// of [`crate::int8`]; the caller checked the format and the CPU): the fused path then dots
+/// the weights' integer codes with them instead of x.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_generic_as<const FMA: bool>(
     m: &QMatrix,
     x: &[f32],
     xsum: &[f32],
+    acts: &[crate::int8::QActs],
     n: usize,
     r0: usize,
     out: &mut [f32],
@@ -501,6 +507,15 @@ pub(crate) fn rows_generic_as<const FMA: bool>(
     let fused = (n < 4 || per_token) && is_block_format(m.qtype);
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
+    #[cfg(target_arch = "x86_64")]
+    if FMA && fused && acts.len() == n {
+        for i in 0..rows {
+            let row = &m.data[(r0 + i) * rb..(r0 + i + 1) * rb];
+            let o = &mut out[i * n..(i + 1) * n];
+            int8_row(m.qtype, row, acts, o);
+        }
+        return;
+    }
     if fused {
         let xt = |t: usize| &x[t * m.cols..(t + 1) * m.cols];
         let st = |t: usize| &xsum[t * nb..(t + 1) * nb];
@@ -597,6 +612,33 @@ fn dot_tile<const FMA: bool>(w: &[f32], x: &[f32], cols: usize) -> [f32; 8] {
     out
 }
 
+/// One row against every token's 8-bit activations, four tokens per decode of the row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+fn int8_row(qtype: QType, row: &[u8], acts: &[crate::int8::QActs], o: &mut [f32]) {
+    use crate::int8::rows_dot;
+    let n = acts.len();
+    let mut t = 0;
+    // SAFETY: reached only from `rows_avx2` (AVX2, FMA and F16C detected), with `acts` built
+    // only for formats `int8::supports` takes; the row is whole blocks and each `acts` covers
+    // the row's columns.
+    unsafe {
+        while t + 4 <= n {
+            if let Some(r) = rows_dot::<4>(qtype, row, std::array::from_fn(|k| &acts[t + k])) {
+                o[t..t + 4].copy_from_slice(&r);
+            }
+            t += 4;
+        }
+        while t < n {
+            if let Some(r) = rows_dot::<1>(qtype, row, [&acts[t]]) {
+                o[t] = r[0];
+            }
+            t += 1;
+        }
+    }
+}
+
 /// The AVX2 row dots; only reached through `rows_avx2`, i.e. after AVX2+FMA were detected.
 #[inline(always)]
 #[allow(unsafe_code)]
@@ -638,16 +680,18 @@ fn fused_rows_dot_fast<const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 fn rows_avx2(
     m: &QMatrix,
     x: &[f32],
     xsum: &[f32],
+    acts: &[crate::int8::QActs],
     n: usize,
     r0: usize,
     out: &mut [f32],
     per_token: bool,
 ) {
-    rows_generic_as::<true>(m, x, xsum, n, r0, out, per_token)
+    rows_generic_as::<true>(m, x, xsum, acts, n, r0, out, per_token)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -659,14 +703,15 @@ fn has_avx2() -> bool {
 
 #[cfg(test)]
 pub(crate) fn rows(m: &QMatrix, x: &[f32], xsum: &[f32], n: usize, r0: usize, out: &mut [f32]) {
-    rows_as(m, x, xsum, n, r0, out, false)
+    rows_as(m, x, xsum, &[], n, r0, out, false)
 }
 
-#[allow(unsafe_code)]
+#[allow(unsafe_code, clippy::too_many_arguments)]
 fn rows_as(
     m: &QMatrix,
     x: &[f32],
     xsum: &[f32],
+    acts: &[crate::int8::QActs],
     n: usize,
     r0: usize,
     out: &mut [f32],
@@ -675,10 +720,26 @@ fn rows_as(
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: `rows_avx2` only needs the CPU to support AVX2, FMA and F16C, checked just above.
-        unsafe { rows_avx2(m, x, xsum, n, r0, out, per_token) };
+        unsafe { rows_avx2(m, x, xsum, acts, n, r0, out, per_token) };
         return;
     }
-    rows_generic_as::<false>(m, x, xsum, n, r0, out, per_token)
+    rows_generic_as::<false>(m, x, xsum, acts, n, r0, out, per_token)
+}
+
+/// Each token's activations rounded to 8 bits when the opt-in path is on and takes this
+/// matrix on the decode path (`fused` in [`rows_generic_as`]); empty otherwise.
+fn int8_acts(m: &QMatrix, x: &[f32], n: usize, per_token: bool) -> Vec<crate::int8::QActs> {
+    if (n < 4 || per_token)
+        && m.cols.is_multiple_of(32)
+        && crate::int8::int8_activations()
+        && crate::int8::supports(m.qtype)
+    {
+        x.chunks_exact(m.cols)
+            .map(crate::int8::QActs::new)
+            .collect()
+    } else {
+        Vec::new()
+    }
 }
 
 /// y (n, rows) = x (n, cols) · Wᵀ for a few tokens (decode), on the spinning pool.
@@ -703,6 +764,7 @@ fn matvec_spin_as(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize, per_token: b
     } else {
         Vec::new()
     };
+    let acts = Arc::new(int8_acts(m, x, n, per_token));
     let per = m.rows.div_ceil(parts);
     let slots: Arc<Vec<Mutex<Vec<f32>>>> =
         Arc::new((0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect());
@@ -717,7 +779,7 @@ fn matvec_spin_as(m: &std::sync::Arc<QMatrix>, x: &[f32], n: usize, per_token: b
         let r1 = (r0 + per).min(mm.rows);
         let mut local = vec![0f32; (r1 - r0) * n];
         if r1 > r0 {
-            rows_as(&mm, &xa, &xs, n, r0, &mut local, per_token);
+            rows_as(&mm, &xa, &xs, &acts, n, r0, &mut local, per_token);
         }
         *sl[part].lock().unwrap_or_else(|p| p.into_inner()) = local;
     }));
@@ -748,11 +810,12 @@ fn matmul_as(m: &QMatrix, x: &[f32], n: usize, per_token: bool) -> Vec<f32> {
     } else {
         Vec::new()
     };
+    let acts = int8_acts(m, x, n, per_token);
     // out_t is (rows, n); transposed into (n, rows) at the end when n > 1.
     let mut out_t = vec![0f32; m.rows * n];
     let work = m.rows * m.cols * n.max(1);
     if work < 1 << 15 || m.rows < 2 {
-        rows_as(m, x, &xsum, n, 0, &mut out_t, per_token);
+        rows_as(m, x, &xsum, &acts, n, 0, &mut out_t, per_token);
     } else {
         // Chunks of rows big enough to amortise scheduling, small enough to balance.
         let threads = rayon::current_num_threads().max(1);
@@ -761,7 +824,7 @@ fn matmul_as(m: &QMatrix, x: &[f32], n: usize, per_token: bool) -> Vec<f32> {
             .par_chunks_mut(per * n)
             .enumerate()
             .for_each(|(ci, chunk)| {
-                rows_as(m, x, &xsum, n, ci * per, chunk, per_token);
+                rows_as(m, x, &xsum, &acts, n, ci * per, chunk, per_token);
             });
     }
     if n == 1 {

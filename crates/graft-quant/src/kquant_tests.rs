@@ -38,8 +38,8 @@ fn name(q: QType) -> &'static str {
 /// Byte offsets of a block's f16 fields (ggml-common.h).
 fn f16_fields(q: QType) -> &'static [usize] {
     match q {
-        QType::Q5_0 => &[0],
-        QType::Q5_1 | QType::Q4_K | QType::Q5_K => &[0, 2],
+        QType::Q5_0 | QType::Q4_0 | QType::Q8_0 => &[0],
+        QType::Q5_1 | QType::Q4_1 | QType::Q4_K | QType::Q5_K => &[0, 2],
         QType::Q2_K => &[80, 82],
         QType::Q3_K => &[108],
         QType::Q6_K => &[208],
@@ -47,7 +47,7 @@ fn f16_fields(q: QType) -> &'static [usize] {
     }
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -78,7 +78,7 @@ impl Rng {
 }
 
 /// `rows` rows of `blocks` random valid blocks: random bytes, finite f16 fields.
-fn random_matrix(q: QType, rows: usize, blocks: usize, rng: &mut Rng) -> QMatrix {
+pub(crate) fn random_matrix(q: QType, rows: usize, blocks: usize, rng: &mut Rng) -> QMatrix {
     let bb = q.block_bytes();
     let mut data: Vec<u8> = (0..rows * blocks * bb).map(|_| rng.next() as u8).collect();
     for blk in data.chunks_exact_mut(bb) {

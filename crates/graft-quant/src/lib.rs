@@ -25,6 +25,7 @@
 mod blocks;
 pub mod cpu;
 pub mod gemm;
+pub mod int8;
 mod kernels;
 #[cfg(test)]
 mod kquant_tests;

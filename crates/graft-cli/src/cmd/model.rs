@@ -50,6 +50,11 @@ pub struct ModelArgs {
     /// Positions the GPU's KV cache holds (default: the model's maximum, at most 4096).
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// CPU decode only, opt-in: round activations to 8 bits per block of 32 and multiply in
+    /// integers (llama.cpp's way; faster on AVX2). Logits no longer match PEFT's exactly (see
+    /// docs/benchmarks.md for how far they move); also GRAFT_INT8_ACTIVATIONS=1.
+    #[arg(long)]
+    pub int8_activations: bool,
 }
 
 /// How to reach the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE and HF_HUB_OFFLINE
@@ -139,6 +144,9 @@ fn fetch_hint(args: &ModelArgs, spec: &str, e: graft_models::Error) -> Box<dyn s
 /// Opens the model and its adapters as the flags say, on the device `--device` names. Returns the model and the folder holding
 /// its config (for EOS ids and the tokenizer).
 pub fn open(args: &ModelArgs) -> CliResult<(Model, PathBuf)> {
+    if args.int8_activations {
+        graft_quant::int8::set_int8_activations(true);
+    }
     let spec = model_spec(args)?;
     let hub = args.hub.hub();
     let resolved = graft_models::hub::resolve(

@@ -35,6 +35,10 @@ pub struct ServeCmd {
     /// Load adapters that only partly fit the base, with warnings, instead of failing.
     #[arg(long)]
     pub allow_partial: bool,
+    /// CPU decode only, opt-in: activations rounded to 8 bits, multiplied in integers (faster;
+    /// logits no longer exactly PEFT's). Also GRAFT_INT8_ACTIVATIONS=1.
+    #[arg(long)]
+    pub int8_activations: bool,
     /// A `model` that names no loaded adapter but looks like `org/name` is fetched from the
     /// Hub and loaded on first use.
     #[arg(long)]
@@ -129,6 +133,7 @@ pub fn serve(c: &ServeCmd) -> CliResult<()> {
         allow_partial: c.allow_partial,
         device: "cpu".into(),
         max_context: None,
+        int8_activations: c.int8_activations,
     };
     let mut extra = Vec::new();
     let synthetic_dir = if c.synthetic {
