@@ -388,10 +388,9 @@ fn mixed_adapters_in_one_batch_answer_as_alone() {
     // the requests did share passes
     let passes = metric(&srv.url, "graft_batch_sequences_count");
     let rows = metric(&srv.url, "graft_batch_sequences_sum");
-    assert!(
-        rows > passes * 2.0,
-        "{rows} rows in {passes} passes: not batched"
-    );
+    // some pass ran several sequences (an average would depend on how fast the clients
+    // arrive: under load, 101 rows in 51 passes once failed a `> 2 per pass` check)
+    assert!(rows > passes, "{rows} rows in {passes} passes: not batched");
     for ((m, q, _), (text, finish, n)) in jobs.iter().zip(&answers) {
         let adapter = (*m != BASE).then_some(*m);
         let (want, want_n) = reference(&ads, adapter, q, max);
@@ -986,10 +985,9 @@ fn gpu_server_answers_as_alone_on_the_tiny_model() {
     });
     let passes = metric(&srv.url, "graft_batch_sequences_count");
     let rows = metric(&srv.url, "graft_batch_sequences_sum");
-    assert!(
-        rows > passes * 2.0,
-        "{rows} rows in {passes} passes: not batched"
-    );
+    // some pass ran several sequences (an average would depend on how fast the clients
+    // arrive: under load, 101 rows in 51 passes once failed a `> 2 per pass` check)
+    assert!(rows > passes, "{rows} rows in {passes} passes: not batched");
     // the reference: one sequence at a time on the GPU, the adapter active in the registry
     let mut m = open();
     for (n, p) in &ads {
