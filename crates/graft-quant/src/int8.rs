@@ -74,14 +74,13 @@ pub(crate) fn supports(q: QType) -> bool {
     }
 }
 
-/// One token's activations rounded to 8 bits: `q[i]·d[i / 32]` approximates `x[i]`; `s16[g]`
-/// is the sum of the codes of values 16g..16g + 16 (for the formats whose weights carry an
-/// offset or a min).
+/// One token's activations rounded to 8 bits: `q[i]·d[i / 32]` approximates `x[i]`; `sd[b]`
+/// is block b's `d·Σq` (what a weight format's min or offset multiplies).
 #[derive(Debug, Clone, Default)]
 pub struct QActs {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
-    pub s16: Vec<i32>,
+    pub sd: Vec<f32>,
 }
 
 impl QActs {
@@ -91,19 +90,21 @@ impl QActs {
         let mut a = QActs {
             q: vec![0; blocks * 32],
             d: vec![0.0; blocks],
-            s16: vec![0; blocks * 2],
+            sd: vec![0.0; blocks],
         };
         for (b, xs) in x.chunks_exact(32).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             a.d[b] = d;
+            let mut sum = 0i32;
             for (i, &v) in xs.iter().enumerate() {
                 // |v·id| ≤ 127 (up to rounding), clamped for NaN/inf inputs' sake
                 let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
                 a.q[32 * b + i] = q;
-                a.s16[2 * b + i / 16] += i32::from(q);
+                sum += i32::from(q);
             }
+            a.sd[b] = d * sum as f32;
         }
         a
     }
@@ -205,6 +206,23 @@ mod avx2 {
         crate::kernels::f16_at(blk, i)
     }
 
+    /// The two f16s at the start of a block (scale, min), via F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16x2(blk: &[u8]) -> (f32, f32) {
+        let bits = u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// Σ w·s over 32 signed weight codes (|w| ≤ 128) and 32 signed activation codes: |w| times
+    /// s with w's sign (a pair sums to at most 2·128·127 < 2¹⁵), as in [`udot`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sdot(w: __m256i, s: __m256i) -> __m256 {
+        udot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(s, w))
+    }
+
     /// Low and high nibbles of 16 bytes as 32 bytes (values 0..16 then 16..32).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -215,7 +233,8 @@ mod avx2 {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// Q4_0 (`skip` 2: d·(q − 8)) and Q4_1 (`skip` 4: d·q + m).
+    /// Q4_0 (`skip` 2: d·(q − 8), the codes made signed) and Q4_1 (`skip` 4: d·q + m, the min
+    /// times the activations' d·Σq).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4<const N: usize>(
         row: &[u8],
@@ -223,20 +242,22 @@ mod avx2 {
         skip: usize,
         acts: [&QActs; N],
     ) -> [f32; N] {
+        let eight = _mm256_set1_epi8(8);
         let mut acc = [_mm256_setzero_ps(); N];
         let mut offset = [0f32; N];
         for (b, blk) in row.chunks_exact(stride).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let d = f16(blk, 0);
-            let m = if skip == 4 { f16(blk, 2) } else { -8.0 * d };
+            let (d, m) = f16x2(blk);
             let w = nibbles(load16(&blk[skip..]));
             for k in 0..N {
                 let a = acts[k];
-                let dx = a.d[b];
-                let s = udot(w, acts32(a, b));
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[k]);
-                let sx = (a.s16[2 * b] + a.s16[2 * b + 1]) as f32;
-                offset[k] = (m * dx).mul_add(sx, offset[k]);
+                let s = if skip == 4 {
+                    offset[k] += m * a.sd[b];
+                    udot(w, acts32(a, b))
+                } else {
+                    sdot(_mm256_sub_epi8(w, eight), acts32(a, b))
+                };
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), s, acc[k]);
             }
         }
         std::array::from_fn(|k| hsum(acc[k]) + offset[k])
@@ -261,24 +282,30 @@ mod avx2 {
         _mm256_and_si256(set, _mm256_set1_epi8(16))
     }
 
-    /// Q5_0 (`skip` 2: d·(q − 16)) and Q5_1 (`skip` 4: d·q + m).
+    /// Q5_0 (`skip` 2: d·(q − 16), the codes made signed) and Q5_1 (`skip` 4: d·q + m).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q5<const N: usize>(row: &[u8], skip: usize, acts: [&QActs; N]) -> [f32; N] {
+        let sixteen = _mm256_set1_epi8(16);
         let mut acc = [_mm256_setzero_ps(); N];
         let mut offset = [0f32; N];
         for (b, blk) in row.chunks_exact(skip + 20).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let d = f16(blk, 0);
-            let m = if skip == 4 { f16(blk, 2) } else { -16.0 * d };
+            let (d, m) = if skip == 4 {
+                f16x2(blk)
+            } else {
+                (f16(blk, 0), 0.0)
+            };
             let qh = u32::from_le_bytes([blk[skip], blk[skip + 1], blk[skip + 2], blk[skip + 3]]);
             let w = _mm256_or_si256(nibbles(load16(&blk[skip + 4..])), bit32_bytes(qh));
             for k in 0..N {
                 let a = acts[k];
-                let dx = a.d[b];
-                let s = udot(w, acts32(a, b));
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[k]);
-                let sx = (a.s16[2 * b] + a.s16[2 * b + 1]) as f32;
-                offset[k] = (m * dx).mul_add(sx, offset[k]);
+                let s = if skip == 4 {
+                    offset[k] += m * a.sd[b];
+                    udot(w, acts32(a, b))
+                } else {
+                    sdot(_mm256_sub_epi8(w, sixteen), acts32(a, b))
+                };
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), s, acc[k]);
             }
         }
         std::array::from_fn(|k| hsum(acc[k]) + offset[k])
@@ -293,10 +320,9 @@ mod avx2 {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
             let d = f16(blk, 0);
             let w = load32(&blk[2..]);
-            let aw = _mm256_sign_epi8(w, w);
             for k in 0..N {
                 let a = acts[k];
-                let s = udot(aw, _mm256_sign_epi8(acts32(a, b), w));
+                let s = sdot(w, acts32(a, b));
                 acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), s, acc[k]);
             }
         }
@@ -314,8 +340,7 @@ mod avx2 {
         let mut mins = [0f32; N];
         for (bi, blk) in row.chunks_exact(stride).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let d = f16(blk, 0);
-            let dmin = f16(blk, 2);
+            let (d, dmin) = f16x2(blk);
             let sc = &blk[4..16];
             let qh = if FIFTH {
                 load32(&blk[16..])
@@ -341,11 +366,9 @@ mod avx2 {
                     let b = 8 * bi + j;
                     for k in 0..N {
                         let a = acts[k];
-                        let dx = a.d[b];
                         let p = udot(w, acts32(a, b));
-                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(ds * dx), p, acc[k]);
-                        let sx = (a.s16[2 * b] + a.s16[2 * b + 1]) as f32;
-                        mins[k] = (dm * dx).mul_add(sx, mins[k]);
+                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(ds * a.d[b]), p, acc[k]);
+                        mins[k] += dm * a.sd[b];
                     }
                 }
             }
@@ -440,9 +463,9 @@ mod tests {
                 "value {i}: {v} vs {r}"
             );
         }
-        for g in 0..6 {
-            let s: i32 = a.q[16 * g..16 * g + 16].iter().map(|&q| i32::from(q)).sum();
-            assert_eq!(a.s16[g], s);
+        for b in 0..3 {
+            let s: i32 = a.q[32 * b..32 * b + 32].iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(a.sd[b], a.d[b] * s as f32);
         }
     }
 
