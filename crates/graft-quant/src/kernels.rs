@@ -510,6 +510,8 @@ pub(crate) fn rows_generic_as<const FMA: bool>(
     let fused = (n < 4 || per_token) && is_block_format(m.qtype);
     let rb = m.data.len() / m.rows.max(1);
     let nb = m.cols / 32;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = acts; // the 8-bit kernels are x86-64 only (`int8::supports` says no elsewhere)
     #[cfg(target_arch = "x86_64")]
     if FMA && fused && acts.len() == n {
         for i in 0..rows {
