@@ -135,10 +135,10 @@ pub(crate) unsafe fn rows_dot<const N: usize>(
     // SAFETY: as this function's contract.
     unsafe {
         Some(match qtype {
-            QType::Q4_0 => avx2::q4(row, 18, 2, acts),
-            QType::Q4_1 => avx2::q4(row, 20, 4, acts),
-            QType::Q5_0 => avx2::q5(row, 2, acts),
-            QType::Q5_1 => avx2::q5(row, 4, acts),
+            QType::Q4_0 => avx2::q45::<false, N>(row, 2, acts),
+            QType::Q4_1 => avx2::q45::<false, N>(row, 4, acts),
+            QType::Q5_0 => avx2::q45::<true, N>(row, 2, acts),
+            QType::Q5_1 => avx2::q45::<true, N>(row, 4, acts),
             QType::Q8_0 => avx2::q8(row, acts),
             QType::Q4_K => avx2::qk::<false, N>(row, acts),
             QType::Q5_K => avx2::qk::<true, N>(row, acts),
@@ -154,17 +154,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::QActs;
-
-    const PREFETCH_BYTES: usize = 2560;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
+    use crate::kernels::avx2::{hsum, load16, scales, PREFETCH_BYTES};
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -172,14 +162,6 @@ mod avx2 {
         let b = &b[..32];
         // SAFETY: `b` has 32 bytes.
         unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn load16(b: &[u8]) -> __m128i {
-        let b = &b[..16];
-        // SAFETY: `b` has 16 bytes.
-        unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) }
     }
 
     /// Block `b`'s 32 activation codes.
@@ -206,12 +188,11 @@ mod avx2 {
         crate::kernels::f16_at(blk, i)
     }
 
-    /// The two f16s at the start of a block (scale, min), via F16C.
+    /// The two f16s at the start of a block (scale, min).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn f16x2(blk: &[u8]) -> (f32, f32) {
-        let bits = u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        let v = scales(blk);
         (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
     }
 
@@ -233,29 +214,45 @@ mod avx2 {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// Q4_0 (`skip` 2: d·(q − 8), the codes made signed) and Q4_1 (`skip` 4: d·q + m, the min
-    /// times the activations' d·Σq).
+    /// Q4_0/Q5_0 (`skip` 2: d·(q − 8) or d·(q − 16), the codes made signed) and Q4_1/Q5_1
+    /// (`skip` 4: d·q + m, the min times the activations' d·Σq); `FIVE`: the fifth bits follow
+    /// the scales.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4<const N: usize>(
+    pub unsafe fn q45<const FIVE: bool, const N: usize>(
         row: &[u8],
-        stride: usize,
         skip: usize,
         acts: [&QActs; N],
     ) -> [f32; N] {
-        let eight = _mm256_set1_epi8(8);
+        let (stride, half) = if FIVE {
+            (skip + 20, 16)
+        } else {
+            (skip + 16, 8)
+        };
+        let half = _mm256_set1_epi8(half);
         let mut acc = [_mm256_setzero_ps(); N];
         let mut offset = [0f32; N];
         for (b, blk) in row.chunks_exact(stride).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let (d, m) = f16x2(blk);
-            let w = nibbles(load16(&blk[skip..]));
+            let (d, m) = if skip == 4 {
+                f16x2(blk)
+            } else {
+                (f16(blk, 0), 0.0)
+            };
+            let w = if FIVE {
+                let qh =
+                    u32::from_le_bytes([blk[skip], blk[skip + 1], blk[skip + 2], blk[skip + 3]]);
+                _mm256_or_si256(nibbles(load16(&blk[skip + 4..])), bit32_bytes(qh))
+            } else {
+                nibbles(load16(&blk[skip..]))
+            };
             for k in 0..N {
                 let a = acts[k];
                 let s = if skip == 4 {
+                    // not `mul_add`: here it compiled to a call into libm (a third of the time)
                     offset[k] += m * a.sd[b];
                     udot(w, acts32(a, b))
                 } else {
-                    sdot(_mm256_sub_epi8(w, eight), acts32(a, b))
+                    sdot(_mm256_sub_epi8(w, half), acts32(a, b))
                 };
                 acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), s, acc[k]);
             }
@@ -280,35 +277,6 @@ mod avx2 {
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
         _mm256_and_si256(set, _mm256_set1_epi8(16))
-    }
-
-    /// Q5_0 (`skip` 2: d·(q − 16), the codes made signed) and Q5_1 (`skip` 4: d·q + m).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q5<const N: usize>(row: &[u8], skip: usize, acts: [&QActs; N]) -> [f32; N] {
-        let sixteen = _mm256_set1_epi8(16);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offset = [0f32; N];
-        for (b, blk) in row.chunks_exact(skip + 20).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
-            let (d, m) = if skip == 4 {
-                f16x2(blk)
-            } else {
-                (f16(blk, 0), 0.0)
-            };
-            let qh = u32::from_le_bytes([blk[skip], blk[skip + 1], blk[skip + 2], blk[skip + 3]]);
-            let w = _mm256_or_si256(nibbles(load16(&blk[skip + 4..])), bit32_bytes(qh));
-            for k in 0..N {
-                let a = acts[k];
-                let s = if skip == 4 {
-                    offset[k] += m * a.sd[b];
-                    udot(w, acts32(a, b))
-                } else {
-                    sdot(_mm256_sub_epi8(w, sixteen), acts32(a, b))
-                };
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), s, acc[k]);
-            }
-        }
-        std::array::from_fn(|k| hsum(acc[k]) + offset[k])
     }
 
     /// Q8_0: signed codes on both sides (|w| times x with w's sign; |w| ≤ 128, so a pair sums

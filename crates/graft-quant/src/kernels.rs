@@ -138,17 +138,17 @@ fn is_block_format(q: QType) -> bool {
 /// keeps its accumulators on the stack and runs ~3× slower).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// How far ahead of the current block to prefetch the weights. Measured on the 2-core
     /// development VM streaming 83 MB of Q4_1: 160 B ahead 3.5, 640 B 7.9, 2.5 KB 12.9 GMAC/s
     /// per thread (`cargo test --release -p graft-quant speed -- --ignored --nocapture`).
-    const PREFETCH_BYTES: usize = 2560;
+    pub(crate) const PREFETCH_BYTES: usize = 2560;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -158,7 +158,7 @@ mod avx2 {
     /// The f16 scale (and min) at the start of a block, via F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn scales(blk: &[u8]) -> __m128 {
+    pub(crate) fn scales(blk: &[u8]) -> __m128 {
         let bits = u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
         _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
     }
@@ -286,7 +286,7 @@ mod avx2 {
     /// Sixteen bytes from the start of `b`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load16(b: &[u8]) -> __m128i {
+    pub(crate) fn load16(b: &[u8]) -> __m128i {
         let b = &b[..16];
         // SAFETY: `b` has 16 bytes.
         unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) }
