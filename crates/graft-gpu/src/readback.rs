@@ -133,9 +133,17 @@ pub async fn map_read(
                 .map_err(|e| Error::DeviceLost(e.to_string()))
         };
         poll(after)?;
-        if !rx.is_done() {
-            // The mapping waits on a later submission than `after`: wait for everything.
+        // The mapping may wait on a later submission than `after` (then: wait for everything),
+        // and when several threads share the device, another thread's poll can be the one that
+        // runs this callback, a moment after our own poll returned (seen on lavapipe with the
+        // tests in parallel): poll again for up to a second before calling it lost.
+        let mut tries = 0;
+        while !rx.is_done() && tries < 1000 {
             poll(None)?;
+            if !rx.is_done() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            tries += 1;
         }
         if !rx.is_done() {
             gpu.take_error()?;
